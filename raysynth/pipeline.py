@@ -1,0 +1,179 @@
+"""Run stages through Ray Data and commit them in the stage store.
+
+An LLM stage is one streaming Ray Data pipeline over the inputs not yet committed:
+  read parquet -> build prompts (tasks) -> VLLMStage (actor pool) -> parse + commit (tasks)
+Each commit task writes its batch's kept and rejected rows and a marker naming the inputs it
+covers, so a killed run loses at most the batches in flight and never duplicates a row.
+The driver only sees one small stats row per batch, for the progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import ray
+from tqdm import tqdm
+
+from raysynth.config import EngineConfig
+from raysynth.steps import LLMStep, Rejection
+from raysynth.store import LINEAGE, RunDir, StageDir, stable_hash, row_id
+
+ENGINE_COLUMNS = ["prompt_messages", "completions", "finish_reasons", "tokens_in", "tokens_out", "engine_error"]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    recipe: str
+    iteration: int
+    model: str
+
+
+def init_ray() -> None:
+    """Join the cluster in RAY_ADDRESS when set, otherwise start a local Ray."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one bar per stage from the driver instead of one per operator
+
+
+def _payload(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's own columns, carried forward to the rows made from it."""
+    return {k: v for k, v in row.items() if k not in LINEAGE and k not in ENGINE_COLUMNS}
+
+
+def build_prompts(batch: pd.DataFrame, step: LLMStep, template: str) -> pd.DataFrame:
+    batch = batch.copy()
+    messages = []
+    for row in batch.to_dict("records"):
+        try:
+            messages.append(json.dumps(step.build(row, template)))
+        except Exception as exc:  # a bad input row becomes an engine-side rejection
+            messages.append(json.dumps({"build_error": f"{type(exc).__name__}: {exc}"}))
+    batch["prompt_messages"] = messages
+    return batch
+
+
+def parse_and_commit(batch: pd.DataFrame, step: LLMStep, stage_dir: str, lineage: Lineage,
+                     template_hash: str) -> pd.DataFrame:
+    stage = StageDir(stage_dir)
+    kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    base = {"recipe": lineage.recipe, "iteration": lineage.iteration, "stage": step.name,
+            "model": lineage.model, "template": f"{step.recipe}/{step.template_name}",
+            "template_hash": template_hash}
+    tokens_in = int(batch["tokens_in"].sum()) if len(batch) else 0
+    tokens_out = int(batch["tokens_out"].sum()) if len(batch) else 0
+    for row in batch.to_dict("records"):
+        parent = row["id"]
+        if row["engine_error"]:
+            reason = row["engine_error"].split(":", 1)[0]
+            rejected.append({**base, "id": row_id(parent, step.name, -1), "parent_id": parent,
+                             "reason": reason, "raw": row["engine_error"]})
+            continue
+        index = 0
+        for k, (text, finish) in enumerate(zip(row["completions"], row["finish_reasons"])):
+            try:
+                made = step.parse(text, row)
+            except Rejection as rej:
+                reason = rej.reason + ("_truncated" if finish == "length" else "")
+                rejected.append({**base, "id": row_id(parent, step.name, -1 - k), "parent_id": parent,
+                                 "reason": reason, "raw": text})
+                continue
+            except Exception as exc:  # a parser bug must not lose the batch either
+                rejected.append({**base, "id": row_id(parent, step.name, -1 - k), "parent_id": parent,
+                                 "reason": "parse_error", "raw": f"{type(exc).__name__}: {exc}\n{text}"})
+                continue
+            for new in made:
+                kept.append({**_payload(row), **new, **base, "id": row_id(parent, step.name, index),
+                             "parent_id": parent, "sample": k,
+                             "tokens_in": row["tokens_in"], "tokens_out": row["tokens_out"]})
+                index += 1
+    reasons: dict[str, int] = {}
+    for item in rejected:
+        reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
+    stats = {"rows_in": len(batch), "rows_out": len(kept), "rejected": reasons,
+             "tokens_in": tokens_in, "tokens_out": tokens_out}
+    stage.commit_batch(list(batch["id"]), pd.DataFrame(kept), pd.DataFrame(rejected), stats)
+    return pd.DataFrame([{"rows_in": len(batch), "rows_out": len(kept), "tokens_out": tokens_out}])
+
+
+def _progress(stage: StageDir, total: int, done: int, label: str) -> tqdm:
+    return tqdm(total=total, initial=done, desc=label, unit="row", dynamic_ncols=True,
+                mininterval=1.0, disable=os.environ.get("RAYSYNTH_NO_PROGRESS") == "1")
+
+
+def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, engine: EngineConfig,
+                  model_dir: str, lineage: Lineage) -> StageDir:
+    """Run `step` over the committed rows of `source`; skip if committed, resume if partial."""
+    identity = {"step": step.identity(), "model": lineage.model, "input": source.name,
+                "engine": engine.model_dump(include={"model", "dtype", "max_model_len", "trust_remote_code"})}
+    stage = run.stage(iteration, step.name, identity)
+    if stage.committed:
+        print(f"[skip] {stage.path} (committed)")
+        return stage
+    stage.prepare(identity)
+    done = stage.done_inputs()
+    files = source.part_files()
+    total = int(source.manifest()["rows_out"])
+    started, session = time.time(), f"{os.getpid()}-{time.time():.0f}"
+    bar = _progress(stage, total, len(done), f"{lineage.recipe}/{step.name}")
+    if files and len(done) < total:
+        ds = ray.data.read_parquet(files)
+        if done:
+            ds = ds.filter(lambda row: row["id"] not in done)
+        template = step.template
+        ds = ds.map_batches(build_prompts, fn_kwargs={"step": step, "template": template},
+                            batch_format="pandas", batch_size=engine.batch_size)
+        ds = ds.map_batches(
+            _engine_class(), batch_format="pandas", batch_size=engine.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=engine.concurrency[0], max_size=engine.concurrency[1]),
+            num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
+            fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, "sampling": step.sampling,
+                                   "regex": step.regex, "json_schema": step.json_schema})
+        ds = ds.map_batches(parse_and_commit, batch_format="pandas", batch_size=None, num_cpus=0.25,
+                            fn_kwargs={"step": step, "stage_dir": str(stage.path), "lineage": lineage,
+                                       "template_hash": step.template_hash})
+        for stats in ds.iter_rows():
+            bar.update(int(stats["rows_in"]))
+            stage.record_time(session, started)
+    bar.close()
+    stage.record_time(session, started)
+    return _finish(stage, identity, total)
+
+
+def _engine_class():
+    from raysynth.engine import VLLMStage  # imported lazily: vllm is heavy, and only actors need it
+
+    return VLLMStage
+
+
+def _finish(stage: StageDir, identity: dict[str, Any], total: int) -> StageDir:
+    missing = total - len(stage.done_inputs())
+    if missing:
+        raise RuntimeError(f"{stage.path}: {missing} input rows were not committed; re-run to resume")
+    manifest = stage.commit(identity)
+    print(f"[done] {stage.name}: {manifest['rows_in']} in, {manifest['rows_out']} out, "
+          f"rejected {manifest['rejected'] or 0}")
+    return stage
+
+
+def write_source_stage(run: RunDir, iteration: int, name: str, rows: list[dict[str, Any]],
+                       identity: dict[str, Any], lineage: Lineage) -> StageDir:
+    """A stage made on the driver from a small, fully known source (e.g. tag tree x task types)."""
+    stage = run.stage(iteration, name, identity)
+    if stage.committed:
+        return stage
+    stage.prepare(identity)
+    base = {"recipe": lineage.recipe, "iteration": lineage.iteration, "stage": name, "model": lineage.model,
+            "template": "", "template_hash": "", "parent_id": ""}
+    frame = pd.DataFrame([{**row, **base, "id": row_id(stable_hash(row, 16), name, 0)} for row in rows])
+    stage.commit_batch(list(frame["id"]), frame, pd.DataFrame(),
+                       {"rows_in": len(rows), "rows_out": len(rows), "rejected": {}, "tokens_in": 0,
+                        "tokens_out": 0})
+    return _finish(stage, identity, len(rows))

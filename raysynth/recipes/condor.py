@@ -1,0 +1,74 @@
+"""Condor (arXiv 2501.12273), Condor Void then Condor Refine:
+
+  world knowledge tree --(leaf tag x 7 task types)--> one call per (tag, task):
+  Easy / Medium / Hard questions --> answers --> [critique (Strength / Weakness / Suggestion)
+  --> refined answer] x refine_rounds --> SFT dataset (chat messages)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from raysynth.config import CondorRun
+from raysynth.export import export_sft
+from raysynth.models import resolve_model
+from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
+from raysynth.steps import PACKAGE_DIR
+from raysynth.steps.condor import condor_steps
+from raysynth.store import RunDir, stable_hash
+
+RECIPE = "condor"
+
+
+def load_tag_tree(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return json.loads((PACKAGE_DIR / "data" / "condor_tag_tree.json").read_text())
+    return json.loads(Path(path).read_text())
+
+
+def leaf_tags(tree: dict[str, Any], trail: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every root-to-leaf path; nodes are dicts, leaf lists hold tag strings."""
+    paths: list[tuple[str, ...]] = []
+    for name, child in tree.items():
+        if isinstance(child, dict):
+            paths += leaf_tags(child, trail + (name,))
+        else:
+            paths += [trail + (name, str(tag)) for tag in child]
+    return paths
+
+
+def tag_task_rows(tree: dict[str, Any], task_types: list[str], max_tags: int | None,
+                  seed: int) -> list[dict[str, Any]]:
+    tags = leaf_tags(tree)
+    if max_tags is not None and max_tags < len(tags):
+        tags = sorted(random.Random(seed).sample(tags, max_tags))
+    return [{"domain": path[0], "tag_path": " > ".join(path), "tag": path[-1], "task_type": task}
+            for path in tags for task in task_types]
+
+
+def run(cfg: CondorRun) -> dict[str, Any]:
+    run_dir = RunDir(cfg.run_dir)
+    model_dir = resolve_model(cfg.engine.model)
+    lineage = Lineage(RECIPE, 0, cfg.engine.model)
+    steps = condor_steps(cfg.condor)
+
+    tree = load_tag_tree(cfg.condor.tag_tree)
+    rows = tag_task_rows(tree, cfg.condor.task_types, cfg.condor.max_tags, cfg.seed)
+    tags = write_source_stage(run_dir, 0, "tags", rows, {"rows": stable_hash(rows)}, lineage)
+
+    questions = run_llm_stage(run_dir, 0, steps["question"], tags, cfg.engine, model_dir, lineage)
+    answers = run_llm_stage(run_dir, 0, steps["answer"], questions, cfg.engine, model_dir, lineage)
+    current = answers
+    for round_ in range(1, cfg.condor.refine_rounds + 1):
+        critique = replace(steps["critique"], name=f"critique-{round_}")
+        refine = replace(steps["refine"], name=f"refine-{round_}")
+        critiques = run_llm_stage(run_dir, 0, critique, current, cfg.engine, model_dir, lineage)
+        current = run_llm_stage(run_dir, 0, refine, critiques, cfg.engine, model_dir, lineage)
+
+    export = export_sft(current, run_dir.iteration_dir(0) / "sft", "question", "answer",
+                        extra_columns=("tag_path", "task_type", "difficulty"))
+    return export

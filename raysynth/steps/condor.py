@@ -1,0 +1,135 @@
+"""Condor's LLM steps (arXiv 2501.12273): question synthesis per (tag, task type), answer,
+self-critique (Strength / Weakness / Suggestion), refinement. Pure build/parse functions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from raysynth.config import CondorConfig
+from raysynth.steps import LLMStep, Messages, Rejection
+
+RECIPE = "condor"
+
+_QUESTION_RE = re.compile(
+    r"\[\s*(?P<level>[A-Za-z]+)\s*\]\s*\[\s*Question Start\s*\](?P<text>.*?)\[\s*Question End\s*\]",
+    re.DOTALL | re.IGNORECASE,
+)
+_SECTION_RE = re.compile(
+    r"^\W*(?P<name>Strengths?|Weakness(?:es)?|Suggestions?)\W*?:\s*",
+    re.IGNORECASE | re.MULTILINE,
+)
+_IMPROVED_RE = re.compile(
+    r"\[\s*Improved Answer Start\s*\](?P<text>.*?)(?:\[\s*Improved Answer End\s*\]|$)",
+    re.DOTALL | re.IGNORECASE,
+)
+_PLACEHOLDERS = {"question", "question?", "your question", "your improved answer", "..."}
+
+
+# --- question synthesis ----------------------------------------------------------------------
+
+def build_question(row: dict[str, Any], template: str) -> Messages:
+    return [{"role": "user", "content": template.format(
+        domain=row["domain"], theme=row["tag"], task_type=row["task_type"])}]
+
+
+def question_regex(difficulties: list[str], max_chars: int) -> str:
+    # Starts like a sentence and has a space early on: rules out copies of the word "Question".
+    body = rf"[A-Z][^\[\]\n ]{{0,30}} [^\[\]\n]{{10,{max_chars}}}"
+    return r"\n\n".join(rf"\[{re.escape(d)}\]\[Question Start\]{body}\[Question End\]" for d in difficulties)
+
+
+def parse_questions(text: str, row: dict[str, Any], difficulties: list[str]) -> list[dict[str, Any]]:
+    """One row per difficulty; the reply must hold every difficulty exactly as asked."""
+    found: dict[str, str] = {}
+    for match in _QUESTION_RE.finditer(text):
+        level = match.group("level").capitalize()
+        question = match.group("text").strip()
+        if level in difficulties and level not in found and question.lower() not in _PLACEHOLDERS:
+            found[level] = question
+    missing = [d for d in difficulties if not found.get(d)]
+    if missing:
+        raise Rejection("unparseable", f"no question for {', '.join(missing)}")
+    return [{"difficulty": d, "question": found[d]} for d in difficulties]
+
+
+# --- answer ----------------------------------------------------------------------------------
+
+def build_answer(row: dict[str, Any], template: str) -> Messages:
+    return [{"role": "user", "content": template.format(question=row["question"])}]
+
+
+def parse_answer(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+    answer = text.strip()
+    if not answer:
+        raise Rejection("empty")
+    return [{"answer": answer, "answer_round": 0}]
+
+
+# --- self-critique ---------------------------------------------------------------------------
+
+def build_critique(row: dict[str, Any], template: str) -> Messages:
+    return [{"role": "user", "content": template.format(question=row["question"], answer=row["answer"])}]
+
+
+def critique_regex(max_chars: int) -> str:
+    line = rf"[^\n]{{10,{max_chars}}}"
+    return rf"Strength: {line}\nWeakness: {line}\nSuggestion: {line}"
+
+
+def parse_critique(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Split into the three sections; headings may vary in case, plural and markdown decoration."""
+    marks = list(_SECTION_RE.finditer(text))
+    sections: dict[str, str] = {}
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        key = mark.group("name").lower().rstrip("s").replace("weakne", "weakness")
+        sections.setdefault(key, text[mark.end():end].strip())
+    missing = [k for k in ("strength", "weakness", "suggestion") if not sections.get(k)]
+    if missing:
+        raise Rejection("unparseable", f"critique lacks {', '.join(missing)}")
+    return [{"strength": sections["strength"], "weakness": sections["weakness"],
+             "suggestion": sections["suggestion"]}]
+
+
+# --- refinement ------------------------------------------------------------------------------
+
+def build_refine(row: dict[str, Any], template: str) -> Messages:
+    return [{"role": "user", "content": template.format(
+        question=row["question"], answer=row["answer"], strength=row["strength"],
+        weakness=row["weakness"], suggestion=row["suggestion"])}]
+
+
+def refine_regex(max_chars: int) -> str:
+    return rf"\[Improved Answer Start\][A-Za-z0-9][^\[\] ]{{0,30}} [^\[\]]{{20,{max_chars}}}\[Improved Answer End\]"
+
+
+def parse_refine(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+    match = _IMPROVED_RE.search(text)
+    if not match or "[improved answer end]" not in text.lower():
+        raise Rejection("unparseable", "no [Improved Answer Start]...[Improved Answer End] block")
+    improved = match.group("text").strip()
+    if not improved or improved.lower() in _PLACEHOLDERS:
+        raise Rejection("empty")
+    # The refined answer becomes the answer the next round critiques.
+    return [{"answer": improved, "answer_round": int(row.get("answer_round", 0)) + 1,
+             "original_answer": row.get("original_answer") or row["answer"]}]
+
+
+def condor_steps(cfg: CondorConfig) -> dict[str, LLMStep]:
+    difficulties = list(cfg.difficulties)
+
+    def parse_q(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+        return parse_questions(text, row, difficulties)
+
+    steps = cfg.steps
+    return {
+        "question": LLMStep("question", RECIPE, "question", build_question, parse_q, steps.question,
+                            regex=question_regex(difficulties, cfg.max_question_chars),
+                            params={"difficulties": difficulties}),
+        "answer": LLMStep("answer", RECIPE, "answer", build_answer, parse_answer, steps.answer),
+        "critique": LLMStep("critique", RECIPE, "critique", build_critique, parse_critique, steps.critique,
+                            regex=critique_regex(cfg.max_section_chars)),
+        "refine": LLMStep("refine", RECIPE, "refine", build_refine, parse_refine, steps.refine,
+                          regex=refine_regex(cfg.max_answer_chars)),
+    }

@@ -1,0 +1,177 @@
+"""Stage store: every stage's rows as Parquet under `<run-dir>/iter-NN/<stage>-<hash>/`.
+
+Layout of one stage directory:
+  part-<key>.parquet          kept rows of one committed batch
+  rejected/part-<key>.parquet rejected rows of that batch (`reason`, `raw` columns)
+  _done/<key>.json            commit marker: input ids covered, counts, tokens (written last)
+  _time.json                  wall-clock seconds spent, per driver session
+  _stage.json                 manifest: the stage is complete (written last of all)
+
+A batch is committed when its marker exists; data files without a marker are leftovers of
+an interrupted run and are deleted on resume. Inputs named in markers are not recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "_stage.json"
+DONE = "_done"
+TIMES = "_time.json"
+LINEAGE = ["id", "parent_id", "recipe", "iteration", "stage", "model", "template", "template_hash"]
+
+
+def stable_hash(obj: Any, length: int = 10) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def row_id(parent_id: str, stage: str, index: int) -> str:
+    """Stable id of the `index`-th row a stage makes from `parent_id`."""
+    return hashlib.sha256(f"{parent_id}/{stage}/{index}".encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class StageStats:
+    rows_in: int = 0
+    rows_out: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: dict[str, Any]) -> None:
+        self.rows_in += other.get("rows_in", 0)
+        self.rows_out += other.get("rows_out", 0)
+        self.rejected.update(other.get("rejected", {}))
+        self.tokens_in += other.get("tokens_in", 0)
+        self.tokens_out += other.get("tokens_out", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "rejected": dict(self.rejected),
+                "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "seconds": round(self.seconds, 3)}
+
+
+class StageDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def committed(self) -> bool:
+        return (self.path / MANIFEST).exists()
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / MANIFEST).read_text())
+
+    def prepare(self, identity: dict[str, Any]) -> None:
+        """Create the directory and remove leftovers of interrupted batches."""
+        (self.path / DONE).mkdir(parents=True, exist_ok=True)
+        (self.path / "rejected").mkdir(exist_ok=True)
+        if not (self.path / "_identity.json").exists():
+            atomic_write_json(self.path / "_identity.json", {"identity": identity, "created": time.time()})
+        done = {p.stem for p in (self.path / DONE).glob("*.json")}
+        for pattern in ("part-*.parquet", "rejected/part-*.parquet", ".*.tmp-*", "rejected/.*.tmp-*",
+                        f"{DONE}/.*.tmp-*"):
+            for leftover in self.path.glob(pattern):
+                key = leftover.name.removeprefix("part-").removesuffix(".parquet")
+                if leftover.name.startswith(".") or key not in done:
+                    leftover.unlink(missing_ok=True)
+
+    def markers(self) -> Iterable[dict[str, Any]]:
+        for marker in sorted((self.path / DONE).glob("*.json")):
+            yield json.loads(marker.read_text())
+
+    def done_inputs(self) -> set[str]:
+        return {i for m in self.markers() for i in m["inputs"]}
+
+    def part_files(self) -> list[str]:
+        return sorted(str(p) for p in self.path.glob("part-*.parquet"))
+
+    def rejected_files(self) -> list[str]:
+        return sorted(str(p) for p in (self.path / "rejected").glob("part-*.parquet"))
+
+    def commit_batch(self, inputs: list[str], kept: pd.DataFrame, rejected: pd.DataFrame,
+                     stats: dict[str, Any]) -> None:
+        """Write one batch: data files first, the marker last (the marker is the commit)."""
+        key = stable_hash(sorted(inputs), 16)
+        if len(kept):
+            atomic_write_parquet(self.path / f"part-{key}.parquet", kept)
+        if len(rejected):
+            atomic_write_parquet(self.path / "rejected" / f"part-{key}.parquet", rejected)
+        atomic_write_json(self.path / DONE / f"{key}.json", {"inputs": inputs, **stats})
+
+    def record_time(self, session: str, started: float) -> None:
+        path = self.path / TIMES
+        times = json.loads(path.read_text()) if path.exists() else {}
+        times[session] = time.time() - started
+        atomic_write_json(path, times)
+
+    def stats(self) -> StageStats:
+        stats = StageStats()
+        for marker in self.markers():
+            stats.add(marker)
+        if (self.path / TIMES).exists():
+            stats.seconds = sum(json.loads((self.path / TIMES).read_text()).values())
+        return stats
+
+    def commit(self, identity: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        manifest = {"stage": self.name, "identity": identity, "committed_at": time.time(),
+                    **self.stats().as_dict(), **(extra or {})}
+        atomic_write_json(self.path / MANIFEST, manifest)
+        return manifest
+
+    def read(self, columns: list[str] | None = None) -> pd.DataFrame:
+        files = self.part_files()
+        if not files:
+            return pd.DataFrame(columns=columns or [])
+        return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
+
+
+class RunDir:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def iteration_dir(self, iteration: int) -> Path:
+        return self.path / f"iter-{iteration:02d}"
+
+    def stage(self, iteration: int, name: str, identity: dict[str, Any]) -> StageDir:
+        return StageDir(self.iteration_dir(iteration) / f"{name}-{stable_hash(identity)}")
+
+    def stages(self) -> list[StageDir]:
+        """Every stage directory of the run, oldest first."""
+        dirs = [d for d in self.path.glob("iter-*/*") if (d / "_identity.json").exists()]
+        def created(d: Path) -> tuple[str, float]:
+            return d.parent.name, json.loads((d / "_identity.json").read_text())["created"]
+
+        return [StageDir(d) for d in sorted(dirs, key=created)]
