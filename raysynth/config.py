@@ -112,22 +112,26 @@ class CondorRun(Strict):
     condor: CondorConfig = CondorConfig()
 
 
+RECIPE_NAMES = ("condor",)
 RunConfig = Annotated[Union[CondorRun], Field(discriminator="recipe")]
 _RUN_ADAPTER: TypeAdapter[Any] = TypeAdapter(RunConfig)
 
 
 def _describe(error: dict[str, Any]) -> str:
-    field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = list(error["loc"])
+    if loc and loc[0] in RECIPE_NAMES:  # the discriminated union puts the recipe name first
+        loc = loc[1:]
+    field = ".".join(str(part) for part in loc) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"field '{field}': unknown key (not a setting of this section)"
     if kind == "missing":
         return f"field '{field}': required but missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return f"field '{field}': expected one of the recipes: condor"
+        return f"field 'recipe': expected one of the recipes: {', '.join(RECIPE_NAMES)}"
     got = error.get("input")
     got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
-    return f"field '{field}': expected {error['msg'].removeprefix('Value error, ')}{got_text}"
+    return f"field '{field}': {error['msg'].removeprefix('Value error, ')}{got_text}"
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, raw: str) -> None:

@@ -127,6 +127,9 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
         ds = ray.data.read_parquet(files)
         if done:
             ds = ds.filter(lambda row: row["id"] not in done)
+        # Blocks of batch_size rows: an actor emits a block only when all of it is generated, so the
+        # block is the unit of commit and of work lost to a crash.
+        ds = ds.repartition(target_num_rows_per_block=engine.batch_size)
         template = step.template
         ds = ds.map_batches(build_prompts, fn_kwargs={"step": step, "template": template},
                             batch_format="pandas", batch_size=engine.batch_size)

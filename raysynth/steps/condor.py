@@ -16,7 +16,7 @@ _QUESTION_RE = re.compile(
     re.DOTALL | re.IGNORECASE,
 )
 _SECTION_RE = re.compile(
-    r"^\W*(?P<name>Strengths?|Weakness(?:es)?|Suggestions?)\W*?:\s*",
+    r"^\W*(?P<name>Strengths?|Weakness(?:es)?|Suggestions?)[*_ ]*:[*_]*\s*",
     re.IGNORECASE | re.MULTILINE,
 )
 _IMPROVED_RE = re.compile(
@@ -83,7 +83,7 @@ def parse_critique(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
     sections: dict[str, str] = {}
     for i, mark in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        key = mark.group("name").lower().rstrip("s").replace("weakne", "weakness")
+        key = next(k for k in ("strength", "weakness", "suggestion") if mark.group("name").lower().startswith(k[:6]))
         sections.setdefault(key, text[mark.end():end].strip())
     missing = [k for k in ("strength", "weakness", "suggestion") if not sections.get(k)]
     if missing:

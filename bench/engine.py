@@ -1,0 +1,89 @@
+"""Engine throughput: the Ray Data vLLM stage against bare `vllm.LLM.generate`, in one run.
+
+Same prompts, same sampling, same engine arguments. Prints tokens/s of each and the ratio
+(target: Ray Data stage >= 0.9x bare at 256 prompts). Both timings include engine start-up, as a
+user's stage pays it. Usage: python bench/engine.py [--prompts 256] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+from raysynth.config import EngineConfig, SamplingConfig
+from raysynth.models import resolve_model
+from raysynth.recipes.condor import leaf_tags, load_tag_tree
+
+ALPACA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "seed" / "alpaca_3k.jsonl"
+
+
+def load_prompts(count: int) -> list[str]:
+    if ALPACA.exists():
+        rows = [json.loads(line) for line in ALPACA.read_text().splitlines()[:count]]
+        return [(r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")) for r in rows]
+    tags = leaf_tags(load_tag_tree(None))
+    return [f"Explain {path[-1]} ({path[0]}) to a curious student." for path in (tags * 8)[:count]]
+
+
+def bare(engine: EngineConfig, model_dir: str, sampling: SamplingConfig, prompts: list[str]) -> tuple[float, int]:
+    from vllm import LLM
+    from vllm.inputs import TokensPrompt
+
+    from raysynth.engine import engine_kwargs, sampling_params
+
+    started = time.time()
+    llm = LLM(**engine_kwargs(engine, model_dir, sampling.seed))
+    tok = llm.get_tokenizer()
+    ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                              add_generation_prompt=True), add_special_tokens=False)
+           for p in prompts]
+    outs = llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], sampling_params(sampling), use_tqdm=False)
+    tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    seconds = time.time() - started
+    del llm
+    gc.collect()
+    return seconds, tokens
+
+
+def ray_stage(engine: EngineConfig, model_dir: str, sampling: SamplingConfig, prompts: list[str]) -> tuple[float, int]:
+    import ray
+
+    from raysynth.engine import VLLMStage
+    from raysynth.pipeline import init_ray
+
+    init_ray()
+    started = time.time()
+    ds = ray.data.from_items([{"id": str(i), "prompt_messages": json.dumps([{"role": "user", "content": p}])}
+                              for i, p in enumerate(prompts)])
+    ds = ds.map_batches(VLLMStage, batch_format="pandas", batch_size=engine.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=engine.num_cpus,
+                        fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, "sampling": sampling})
+    tokens = int(ds.sum("tokens_out"))
+    return time.time() - started, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--model", default="smollm2-135m")
+    args = parser.parse_args()
+    prompts = load_prompts(args.prompts)
+    engine = EngineConfig(model=args.model, batch_size=len(prompts))
+    sampling = SamplingConfig(temperature=0.7, max_tokens=args.max_tokens, structured=False)
+    model_dir = resolve_model(args.model)
+
+    bare_s, bare_tokens = bare(engine, model_dir, sampling, prompts)
+    ray_s, ray_tokens = ray_stage(engine, model_dir, sampling, prompts)
+    bare_rate, ray_rate = bare_tokens / bare_s, ray_tokens / ray_s
+    print(f"prompts={len(prompts)} max_tokens={args.max_tokens} model={args.model}")
+    print(f"bare vllm.LLM.generate : {bare_tokens:7d} tokens in {bare_s:7.1f} s = {bare_rate:7.1f} tok/s")
+    print(f"Ray Data VLLMStage     : {ray_tokens:7d} tokens in {ray_s:7.1f} s = {ray_rate:7.1f} tok/s")
+    print(f"ratio (Ray / bare)     : {ray_rate / bare_rate:.3f}  (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+# A chain small enough for CI, greedy so that an interrupted run must equal an uninterrupted one,
+# batch_size 2 so that every stage has several batches to resume between.
+TINY_CONDOR = """\
+recipe: condor
+run_dir: {run_dir}
+seed: 0
+engine:
+  model: smollm2-135m
+  batch_size: 2
+condor:
+  max_tags: 1
+  task_types: [knowledge question answering, creative writing]
+  refine_rounds: {rounds}
+  max_question_chars: 200
+  max_section_chars: 100
+  max_answer_chars: 400
+  steps:
+    question: {{temperature: 0, max_tokens: 200}}
+    answer: {{temperature: 0, max_tokens: 48, structured: false}}
+    critique: {{temperature: 0, max_tokens: 120}}
+    refine: {{temperature: 0, max_tokens: 160}}
+"""
+
+
+def write_tiny_config(directory: Path, run_dir: Path, rounds: int = 1) -> Path:
+    path = directory / "tiny-condor.yaml"
+    path.write_text(TINY_CONDOR.format(run_dir=run_dir, rounds=rounds))
+    return path
+
+
+def raysynth_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "raysynth.cli", *args]
+
+
+def run_raysynth(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "RAYSYNTH_NO_PROGRESS": "1", **(env or {})}
+    if "RAY_ADDRESS" not in (env or {}):
+        full_env.pop("RAY_ADDRESS", None)
+    result = subprocess.run(raysynth_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def baseline_run(tmp_path_factory) -> Path:
+    """One uninterrupted tiny Condor run on the real engine, shared by the end-to-end tests."""
+    directory = tmp_path_factory.mktemp("baseline")
+    run_dir = directory / "run"
+    run_raysynth("run", str(write_tiny_config(directory, run_dir)))
+    return run_dir

@@ -1,0 +1,92 @@
+"""Condor's pure build/parse functions on fixed strings."""
+
+import re
+
+import pytest
+
+from raysynth.config import CondorConfig
+from raysynth.recipes.condor import leaf_tags, load_tag_tree, tag_task_rows
+from raysynth.steps import Rejection, load_template
+from raysynth.steps.condor import (condor_steps, critique_regex, parse_answer, parse_critique, parse_questions,
+                                   parse_refine, question_regex, refine_regex)
+
+LEVELS = ["Easy", "Medium", "Hard"]
+GOOD_QUESTIONS = ("[Easy][Question Start]What is a prime number?[Question End]\n\n"
+                  "[Medium][Question Start]Why are there infinitely many primes?[Question End]\n\n"
+                  "[Hard][Question Start]Sketch a proof of the prime number theorem.[Question End]")
+
+
+def test_questions_parse_each_difficulty():
+    rows = parse_questions(GOOD_QUESTIONS, {}, LEVELS)
+    assert [r["difficulty"] for r in rows] == LEVELS
+    assert rows[1]["question"] == "Why are there infinitely many primes?"
+
+
+def test_questions_tolerate_spacing_and_case():
+    text = "Sure!\n[ easy ] [Question start] A? [question end]\n[MEDIUM][Question Start]B?[Question End]" \
+           "[Hard][Question Start]\nC?\n[Question End] trailing"
+    assert [r["question"] for r in parse_questions(text, {}, LEVELS)] == ["A?", "B?", "C?"]
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "Here are three questions: 1. What? 2. Why? 3. How?",
+    "[Easy][Question Start]A?[Question End][Medium][Question Start]B?[Question End]",  # no Hard
+    "[Easy][Question Start]Question[Question End][Medium][Question Start]B?[Question End]"
+    "[Hard][Question Start]C?[Question End]",  # the placeholder copied
+])
+def test_questions_reject_malformed(text):
+    with pytest.raises(Rejection) as err:
+        parse_questions(text, {}, LEVELS)
+    assert err.value.reason == "unparseable"
+
+
+def test_question_regex_accepts_good_and_refuses_placeholder():
+    pattern = question_regex(LEVELS, 300)
+    assert re.fullmatch(pattern, GOOD_QUESTIONS)
+    assert not re.fullmatch(pattern, GOOD_QUESTIONS.replace("What is a prime number?", "QuestionMathQuestion"))
+
+
+def test_critique_sections():
+    text = "**Strength:** clear.\n**Weaknesses:** misses the proof.\nSuggestions: add Euclid's argument."
+    assert parse_critique(text, {})[0] == {"strength": "clear.", "weakness": "misses the proof.",
+                                        "suggestion": "add Euclid's argument."}
+    assert re.fullmatch(critique_regex(100), "Strength: clear prose.\nWeakness: no proof given.\n"
+                                             "Suggestion: add Euclid's argument.")
+    with pytest.raises(Rejection):
+        parse_critique("Strength: good. Suggestion: none.", {})
+
+
+def test_refine_and_answer():
+    row = {"answer": "old", "answer_round": 0}
+    out = parse_refine("[Improved Answer Start]A prime has two divisors.[Improved Answer End]", row)[0]
+    assert out == {"answer": "A prime has two divisors.", "answer_round": 1, "original_answer": "old"}
+    assert re.fullmatch(refine_regex(200), "[Improved Answer Start]A prime has two divisors, 1 and itself."
+                                           "[Improved Answer End]")
+    for bad in ("[Improved Answer Start]cut off by max_tokens", "no block",
+                "[Improved Answer Start]your improved answer[Improved Answer End]"):
+        with pytest.raises(Rejection):
+            parse_refine(bad, row)
+    assert parse_answer("  text  ", {})[0]["answer"] == "text"
+    with pytest.raises(Rejection):
+        parse_answer("   ", {})
+
+
+def test_build_uses_template_files():
+    steps = condor_steps(CondorConfig())
+    row = {"domain": "Mathematics", "tag": "prime numbers", "task_type": "coding", "question": "Q?",
+           "answer": "A.", "strength": "s", "weakness": "w", "suggestion": "g"}
+    for step in steps.values():
+        messages = step.build(row, step.template)
+        assert messages[0]["role"] == "user" and messages[0]["content"].strip()
+    assert "prime numbers" in steps["question"].build(row, load_template("condor", "question"))[0]["content"]
+
+
+def test_tag_tree_shape_and_sampling():
+    tree = load_tag_tree(None)
+    assert len(tree) >= 40 and all(isinstance(v, dict) and v for v in tree.values())
+    paths = leaf_tags(tree)
+    assert all(len(p) == 3 for p in paths)
+    rows = tag_task_rows(tree, ["a", "b"], max_tags=5, seed=1)
+    assert len(rows) == 10 and rows == tag_task_rows(tree, ["a", "b"], max_tags=5, seed=1)
+    assert len(tag_task_rows(tree, ["a"], None, 0)) == len(paths)

@@ -1,0 +1,57 @@
+"""Bad configs: one clear error each (file, field, expectation), exit code 2, nothing written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raysynth.config import ConfigError, load_config
+
+GOOD = "recipe: condor\nrun_dir: {run}\ncondor:\n  max_tags: 2\n"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raysynth.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("body, field, expected", [
+    (GOOD + "  max_tagz: 3\n", "condor.max_tagz", "unknown key"),
+    (GOOD + "engine:\n  batch_size: lots\n", "engine.batch_size", "valid integer"),
+    (GOOD + "  tag_tree: no/such/tree.json\n", "condor.tag_tree", "file not found"),
+    (GOOD + "engine:\n  model: /no/such/model\n", "engine.model", "not"),
+    (GOOD.replace("condor\n", "alchemy\n", 1), "recipe", "one of the recipes"),
+    (GOOD + "engine:\n  concurrency: [3, 1]\n", "engine.concurrency", "min <= max"),
+])
+def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, field: str, expected: str):
+    run = tmp_path / "run"
+    config = tmp_path / "bad.yaml"
+    config.write_text(body.format(run=run))
+    result = cli("run", str(config))
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert message.count("\n") == 0, message  # one line, no traceback
+    assert str(config) in message and f"'{field}'" in message and expected in message, message
+    assert not run.exists()
+
+
+def test_missing_config_file(tmp_path: Path):
+    result = cli("run", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "config file not found" in result.stderr
+
+
+def test_overrides_and_relative_paths(tmp_path: Path):
+    (tmp_path / "tree.json").write_text('{"A": {"B": ["c"]}}')
+    config = tmp_path / "c.yaml"
+    config.write_text(GOOD.format(run=tmp_path / "r") + "  tag_tree: tree.json\n")
+    cfg = load_config(config, ["engine.batch_size=8", "condor.steps.answer.temperature=0"])
+    assert cfg.engine.batch_size == 8 and cfg.condor.steps.answer.temperature == 0
+    assert cfg.condor.tag_tree == tmp_path / "tree.json"
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(config, ["engine.batch_size"])
+
+
+def test_help_explains_commands():
+    result = cli("--help")
+    assert result.returncode == 0 and "run" in result.stdout and "status" in result.stdout
+    assert "RAY_ADDRESS" in cli("run", "--help").stdout

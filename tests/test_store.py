@@ -1,0 +1,35 @@
+"""Stage store: atomic batches, leftovers removed on resume, identity hashes, stats."""
+
+import pandas as pd
+
+from raysynth.store import RunDir, row_id
+
+
+def test_commit_resume_and_leftovers(tmp_path):
+    run = RunDir(tmp_path)
+    stage = run.stage(0, "answer", {"temperature": 0.7})
+    stage.prepare({"temperature": 0.7})
+    kept = pd.DataFrame([{"id": row_id("p1", "answer", 0), "parent_id": "p1", "text": "a"}])
+    rejected = pd.DataFrame([{"id": row_id("p2", "answer", -1), "parent_id": "p2", "reason": "unparseable",
+                              "raw": "??"}])
+    stage.commit_batch(["p1", "p2"], kept, rejected, {"rows_in": 2, "rows_out": 1,
+                                                      "rejected": {"unparseable": 1}, "tokens_in": 5, "tokens_out": 7})
+    # An interrupted batch: data written, marker never written.
+    pd.DataFrame([{"id": "x"}]).to_parquet(stage.path / "part-deadbeefdeadbeef.parquet")
+    (stage.path / ".part-1.parquet.tmp-99").write_bytes(b"partial")
+    stage.prepare({"temperature": 0.7})
+    assert stage.done_inputs() == {"p1", "p2"}
+    assert len(stage.part_files()) == 1 and len(stage.rejected_files()) == 1
+    assert not list(stage.path.glob(".*tmp*"))
+    stats = stage.stats()
+    assert (stats.rows_in, stats.rows_out, dict(stats.rejected)) == (2, 1, {"unparseable": 1})
+    assert not stage.committed
+    stage.commit({"temperature": 0.7})
+    assert stage.committed and stage.manifest()["rows_out"] == 1
+
+
+def test_identity_changes_directory(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.stage(0, "s", {"a": 1}).path == run.stage(0, "s", {"a": 1}).path
+    assert run.stage(0, "s", {"a": 1}).path != run.stage(0, "s", {"a": 2}).path
+    assert row_id("p", "s", 0) == row_id("p", "s", 0) != row_id("p", "s", 1)
