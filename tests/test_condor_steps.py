@@ -45,6 +45,8 @@ def test_question_regex_accepts_good_and_refuses_placeholder():
     pattern = question_regex(LEVELS, 300)
     assert re.fullmatch(pattern, GOOD_QUESTIONS)
     assert not re.fullmatch(pattern, GOOD_QUESTIONS.replace("What is a prime number?", "QuestionMathQuestion"))
+    assert not re.fullmatch(pattern, GOOD_QUESTIONS.replace("What is a prime number?",
+                                                            "Question 1: what is a prime number?"))
 
 
 def test_critique_sections():

@@ -34,8 +34,10 @@ def build_question(row: dict[str, Any], template: str) -> Messages:
 
 
 def question_regex(difficulties: list[str], max_chars: int) -> str:
-    # Starts like a sentence and has a space early on: rules out copies of the word "Question".
-    body = rf"[A-Z][^\[\]\n ]{{0,30}} [^\[\]\n]{{10,{max_chars}}}"
+    # Starts like a sentence and has a space early on. Not with "Q": without a worked example in the
+    # prompt (one made every question about its theme), SmolLM2 mostly copied the format's placeholder
+    # as "Question 1: ..."; excluding the letter costs the rare real question that starts with Q.
+    body = rf"[A-PR-Z][^\[\]\n ]{{0,30}} [^\[\]\n]{{10,{max_chars}}}"
     return r"\n\n".join(rf"\[{re.escape(d)}\]\[Question Start\]{body}\[Question End\]" for d in difficulties)
 
 
