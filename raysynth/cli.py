@@ -50,6 +50,41 @@ def run(
     print_status(cfg.run_dir)
     typer.echo(f"\n{result['rows']} samples in {result['jsonl']}\n(and {result['parquet']}); "
                f"{time.time() - started:.0f} s")
+    if result.get("model"):
+        typer.echo(f"fine-tuned model (now the run's current model): {result['model']}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config (YAML), e.g. configs/train-sft-small.yaml"),
+    set_: List[str] = typer.Option([], "--set", help="Override a field: --set train.max_steps=20 (repeatable)"),
+) -> None:
+    """Fine-tune with Ray Train (TRL SFT, SimPO or DPO; LoRA or full) and write a merged model.
+
+    Checkpoints go under OUT_DIR/<method>-<hash>/ray-train; re-running the same command resumes
+    from the latest one, and a finished run is skipped. Uses the cluster in RAY_ADDRESS when set.
+    """
+    from raysynth.config import ConfigError, load_train_config
+    from raysynth.models import ModelNotFoundError, resolve_model
+    from raysynth.train.data import TrainDataError, check_columns
+
+    try:
+        job = load_train_config(config, set_)
+        model_dir = resolve_model(job.model)
+        check_columns(job.data, job.train.method)
+    except (ConfigError, TrainDataError) as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2)
+    except ModelNotFoundError as exc:
+        typer.echo(f"config error: {config}: field 'model': {exc}", err=True)
+        raise typer.Exit(2)
+
+    from raysynth.pipeline import init_ray
+    from raysynth.train import train_model
+
+    init_ray()
+    out = train_model(job.train, job.data, job.model, model_dir, job.out_dir, job.trust_remote_code)
+    typer.echo(f"\nmerged model: {out}")
 
 
 @app.command()

@@ -104,12 +104,111 @@ class CondorConfig(Strict):
         return value
 
 
+class JudgeConfig(Strict):
+    """LLM-as-judge steps on the vLLM stage (raysynth/steps/judge.py)."""
+
+    pointwise: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=96)
+    pairwise: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=96)
+    max_explanation_chars: int = Field(200, ge=10, description="explanation before the verdict, structured mode")
+
+
+# SynPO's gap thresholds (appendix C.3): 0.20 for PairRM scores, 0.02 for ArmoRM scores.
+DEFAULT_GAP = {"pairrm": 0.20, "reward_model": 0.02}
+
+
+class ScorerConfig(Strict):
+    """A reward-model actor pool that scores (prompt, response A, response B) rows.
+
+    pairrm: a PairRM checkpoint (hub id or dir); score_a = position-swapped preference of A over
+    B, score_b = its negative. reward_model: any sequence-classification reward model (ArmoRM
+    with trust_remote_code); score_a and score_b are its scalar scores. score_gap = a - b.
+    """
+
+    kind: Literal["pairrm", "reward_model"] = "pairrm"
+    model: str = "llm-blender/PairRM-hf"
+    trust_remote_code: bool = False
+    gap_threshold: float | None = Field(None, description="keep rows with score_gap >= this; None: the "
+                                        "paper's value for the kind (PairRM 0.20, ArmoRM 0.02)")
+    max_repetition: float | None = Field(0.5, ge=0, le=1, description="drop when response A's repeated "
+                                         "4-gram share exceeds this (SynPO: 50%); None: off")
+    max_length: int = Field(2048, ge=16, description="tokens per scored input")
+    batch_size: int = Field(16, ge=1)
+    concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool")
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+
+    @property
+    def threshold(self) -> float:
+        return DEFAULT_GAP[self.kind] if self.gap_threshold is None else self.gap_threshold
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class TrainConfig(Strict):
+    """One Ray Train run of TRL's SFT, SimPO (CPO with loss_type=simpo, cpo_alpha=0) or DPO.
+
+    Defaults are sized for the embedded 135M model on CPU (LoRA, a few hundred rows). The papers'
+    values, where their text gives them: SynPO searches SimPO's beta in 2-12 (we default to 2, the
+    low end, and gamma/beta = 0.5 as in SimPO's Llama-3 recipe); SynPO and Condor train 3 epochs
+    with warm-up 0.1 (learning rates are not legible in our copies of the papers).
+    """
+
+    method: Literal["sft", "simpo", "dpo"] = "sft"
+    lora: LoraConfig | None = Field(LoraConfig(), description="None: full fine-tuning")
+    learning_rate: float = Field(2e-4, gt=0, description="2e-4 suits LoRA; use ~1e-5 for full fine-tuning")
+    epochs: float = Field(3, gt=0, description="paper: 3")
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="paper: 0.1")
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16, description="tokens per example (prompt + response)")
+    simpo_beta: float = Field(2.0, gt=0, description="SynPO searches 2-12")
+    simpo_gamma: float = Field(1.0, ge=0, description="target reward margin (TRL simpo_gamma)")
+    dpo_beta: float = Field(0.1, gt=0)
+    save_steps: int = Field(20, ge=1, description="checkpoint every N optimizer steps (resume point)")
+    logging_steps: int = Field(1, ge=1)
+    seed: int = 0
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(1, ge=0, description="used when use_gpu")
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="ddp: a model copy per worker; fsdp/deepspeed (ZeRO-3) shard models that "
+        "do not fit one GPU (deepspeed must be installed on the workers)")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: no limit")
+
+
 class CondorRun(Strict):
     recipe: Literal["condor"]
     run_dir: Path = Path("runs/condor")
     seed: int = 0
     engine: EngineConfig = EngineConfig()
     condor: CondorConfig = CondorConfig()
+    train: TrainConfig | None = Field(
+        None, description="SFT on the refined data after synthesis (Condor's last step); None: synthesis only")
+
+
+class TrainJob(Strict):
+    """`raysynth train CONFIG`: one training run on a stage's output or any Parquet/JSONL file."""
+
+    data: Path = Field(description="Parquet or JSONL file, or a directory of Parquet parts: `messages` "
+                                   "rows for sft, `prompt`/`chosen`/`rejected` rows for simpo and dpo")
+    model: str = "smollm2-135m"
+    out_dir: Path = Path("runs/train")
+    trust_remote_code: bool = False
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("data")
+    @classmethod
+    def _data_exists(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(f"not found: {value}")
+        return value
 
 
 RECIPE_NAMES = ("condor",)
@@ -144,9 +243,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, raw: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CondorRun:
-    """Parse and validate a run config; `overrides` are `a.b=value` strings (YAML values)."""
-    path = Path(path)
+def _read_yaml(path: Path, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The config file as a dict with `a.b=value` overrides (YAML values) applied."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -160,12 +258,29 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. engine.batch_size=32")
         _set_dotted(data, key.strip(), raw)
+    return data
+
+
+def _validate(path: Path, adapter: TypeAdapter[Any], data: dict[str, Any]) -> Any:
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"{path}: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CondorRun:
+    """Parse and validate a run config; `overrides` are `a.b=value` strings (YAML values)."""
+    path = Path(path)
+    data = _read_yaml(path, overrides)
     # Relative paths inside a config are relative to the config file.
     tree = (data.get("condor") or {}).get("tag_tree") if isinstance(data.get("condor"), dict) else None
     if isinstance(tree, str) and not Path(tree).is_absolute():
         data["condor"]["tag_tree"] = str(path.parent / tree)
-    try:
-        return _RUN_ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
-        raise ConfigError(f"{path}: " + "; ".join(lines)) from None
+    return _validate(path, _RUN_ADAPTER, data)
+
+
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainJob:
+    """A `raysynth train` config; like run_dir, `data` and `out_dir` are relative to the working dir."""
+    path = Path(path)
+    return _validate(path, TypeAdapter(TrainJob), _read_yaml(path, overrides))

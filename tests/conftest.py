@@ -58,3 +58,17 @@ def baseline_run(tmp_path_factory) -> Path:
     run_dir = directory / "run"
     run_raysynth("run", str(write_tiny_config(directory, run_dir)))
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """An in-process local Ray for tests that drive stages directly; shut down after the module."""
+    import ray
+
+    from raysynth.pipeline import init_ray
+
+    os.environ["RAYSYNTH_NO_PROGRESS"] = "1"
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray()
+    yield
+    ray.shutdown()

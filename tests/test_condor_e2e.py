@@ -107,3 +107,21 @@ def test_kill_driver_mid_stage_then_resume(baseline_run: Path, tmp_path: Path):
     for stage in RunDir(run_dir).stages():
         ids = stage.read(["id"])["id"]
         assert ids.is_unique, stage.name
+
+
+def test_sft_step_trains_and_registers_the_model(baseline_run: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(baseline_run, copy)
+    config = write_tiny_config(tmp_path, copy)
+    result = run_raysynth("run", str(config), "--set", "train.method=sft", "--set", "train.max_steps=4",
+                          "--set", "train.max_length=256", "--set", "train.save_steps=2")
+    assert result.stdout.count("[skip]") == 4  # synthesis is reused; only training runs
+    current = json.loads((copy / "current_model.json").read_text())
+    assert current["name"] == "condor-iter-01" and current["iteration"] == 1
+    model_dir = Path(current["path"])
+    assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer_config.json").is_file()
+    done = json.loads((model_dir.parent / "_done.json").read_text())
+    assert done["steps"] == 4 and done["last_loss"] is not None
+    assert "fine-tuned model" in result.stdout

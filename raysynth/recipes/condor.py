@@ -3,6 +3,7 @@
   world knowledge tree --(leaf tag x 7 task types)--> one call per (tag, task):
   Easy / Medium / Hard questions --> answers --> [critique (Strength / Weakness / Suggestion)
   --> refined answer] x refine_rounds --> SFT dataset (chat messages)
+  --> [SFT with Ray Train when `train` is set --> the run's current model: condor-iter-01]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.steps import PACKAGE_DIR
 from raysynth.steps.condor import condor_steps
 from raysynth.store import RunDir, stable_hash
+from raysynth.train import register_model, train_model
 
 RECIPE = "condor"
 
@@ -71,4 +73,8 @@ def run(cfg: CondorRun) -> dict[str, Any]:
 
     export = export_sft(current, run_dir.iteration_dir(0) / "sft", "question", "answer",
                         extra_columns=("tag_path", "task_type", "difficulty"))
+    if cfg.train is not None:
+        trained = train_model(cfg.train, Path(str(export["parquet"])), cfg.engine.model, model_dir,
+                              run_dir.iteration_dir(0), cfg.engine.trust_remote_code)
+        export["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1)["path"]
     return export

@@ -1,0 +1,158 @@
+"""Ray Train fine-tuning: TRL SFT / SimPO / DPO on many workers, checkpointed and resumable.
+
+  train_model(...)  -> <parent>/<method>-<hash>/model   (LoRA merged: vLLM and the server load it)
+  register_model(...) points the run's current model at it.
+
+A training run's directory holds Ray Train's checkpoints (`ray-train/`), so re-running after a
+driver failure resumes from the latest one, and a worker failure restarts the worker group from
+it (FailureConfig). `_done.json` marks a finished run; its identity hashes the training settings,
+the base model and the data files, so changed settings train anew and unchanged ones are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from raysynth.config import TrainConfig
+from raysynth.store import atomic_write_json, stable_hash
+from raysynth.train.data import check_columns, data_files
+from raysynth.train.worker import METRICS_FILE, PROGRESS_FILE, train_loop_per_worker
+
+DONE_FILE = "_done.json"
+CURRENT_MODEL = "current_model.json"
+
+
+def data_fingerprint(path: Path) -> list[tuple[str, int]]:
+    """File names and sizes: stage parts are immutable once committed, so this names the data."""
+    return [(Path(f).name, os.path.getsize(f)) for f in data_files(path)]
+
+
+def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: str, parent: Path,
+                trust_remote_code: bool = False) -> Path:
+    """Train on `data` and return the merged model directory; skip when already trained."""
+    identity = {"train": cfg.model_dump(mode="json"), "data": data_fingerprint(data), "model": base_model}
+    work = (parent / f"{cfg.method}-{stable_hash(identity)}").resolve()
+    model_dir = work / "model"
+    if (work / DONE_FILE).is_file():
+        print(f"[skip] {work} (trained)")
+        return model_dir
+    check_columns(data, cfg.method)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "_train.json", identity)
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg.model_dump(mode="json"), "model_dir": base_model_dir,
+                           "data": str(Path(data).resolve()),
+                           "trust_remote_code": trust_remote_code, "progress_path": str(work / PROGRESS_FILE)},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources),
+        # Same (storage_path, name) on a re-run: Ray Train resumes from the latest checkpoint.
+        run_config=RunConfig(name="ray-train", storage_path=str(work),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    started = time.time()
+    with _progress_bar(work / PROGRESS_FILE, f"train/{cfg.method}"):
+        result = trainer.fit()
+    fit_seconds = time.time() - started
+    with result.checkpoint.as_directory() as directory:
+        hf_checkpoint = Path(directory) / "checkpoint"
+        state = json.loads((hf_checkpoint / "trainer_state.json").read_text())
+        history = state["log_history"]
+        merge_checkpoint(hf_checkpoint, base_model_dir, model_dir, lora=cfg.lora is not None,
+                         trust_remote_code=trust_remote_code)
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    summary = {"method": cfg.method, "model_dir": str(model_dir), "seconds": round(time.time() - started, 1),
+               "fit_seconds": round(fit_seconds, 1),
+               "steps": state["global_step"], "train_metrics": json.loads((work / METRICS_FILE).read_text()),
+               "restarts_at_step": [e["train_begin_step"] for e in history if "train_begin_step" in e],
+               "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+               "log_history": history}
+    atomic_write_json(work / DONE_FILE, summary)
+    print(f"[done] train/{cfg.method}: {summary['steps']} steps, loss {summary['first_loss']} -> "
+          f"{summary['last_loss']}, model in {model_dir}")
+    return model_dir
+
+
+class _progress_bar:
+    """Follows rank 0's progress file while `fit()` blocks the driver."""
+
+    def __init__(self, path: Path, label: str):
+        self.path, self.label = path, label
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _follow(self) -> None:
+        bar = tqdm(desc=self.label, unit="step", disable=os.environ.get("RAYSYNTH_NO_PROGRESS") == "1")
+        while not self.stop.wait(2.0):
+            try:
+                progress = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                continue
+            bar.total = progress["max_steps"]
+            bar.n = progress["step"]
+            if progress.get("loss") is not None:
+                bar.set_postfix(loss=f"{progress['loss']:.3f}", refresh=False)
+            bar.refresh()
+        bar.close()
+
+
+def merge_checkpoint(hf_checkpoint: Path, base_model_dir: str, out: Path, lora: bool,
+                     trust_remote_code: bool = False) -> None:
+    """A plain HF model directory from the final checkpoint: LoRA merged into the base weights.
+
+    Runs on the driver (the merged model must land in the run dir); for models too large for the
+    driver's memory, merge with `peft` on a bigger node and register the directory instead.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if lora:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32,
+                                                    trust_remote_code=trust_remote_code)
+        model = PeftModel.from_pretrained(base, str(hf_checkpoint)).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(hf_checkpoint), dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+    model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
+    tokenizer_dir = hf_checkpoint if (hf_checkpoint / "tokenizer_config.json").is_file() else base_model_dir
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def register_model(run_dir: Path, name: str, model_dir: Path, iteration: int) -> dict[str, Any]:
+    """Point the run's current model at `model_dir` (the server follows this file)."""
+    entry = {"name": name, "path": str(Path(model_dir).resolve()), "iteration": iteration,
+             "registered_at": time.time()}
+    models_path = run_dir / "models.json"
+    models = json.loads(models_path.read_text()) if models_path.is_file() else {}
+    models[name] = entry
+    atomic_write_json(models_path, models)
+    atomic_write_json(run_dir / CURRENT_MODEL, entry)
+    return entry
