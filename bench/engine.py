@@ -29,12 +29,12 @@ def load_prompts(count: int) -> list[str]:
 
 
 def bare(engine: EngineConfig, model_dir: str, sampling: SamplingConfig, prompts: list[str]) -> tuple[float, int]:
+    started = time.time()  # the import counts: the Ray actor imports vllm too
     from vllm import LLM
     from vllm.inputs import TokensPrompt
 
     from raysynth.engine import engine_kwargs, sampling_params
 
-    started = time.time()
     llm = LLM(**engine_kwargs(engine, model_dir, sampling.seed))
     tok = llm.get_tokenizer()
     ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import ray
@@ -42,7 +42,7 @@ def init_ray() -> None:
     ctx.enable_progress_bars = False  # one bar per stage from the driver instead of one per operator
 
 
-def _payload(row: dict[str, Any]) -> dict[str, Any]:
+def carried_columns(row: dict[str, Any]) -> dict[str, Any]:
     """A row's own columns, carried forward to the rows made from it."""
     return {k: v for k, v in row.items() if k not in LINEAGE and k not in ENGINE_COLUMNS}
 
@@ -90,7 +90,7 @@ def parse_and_commit(batch: pd.DataFrame, step: LLMStep, stage_dir: str, lineage
                                  "reason": "parse_error", "raw": f"{type(exc).__name__}: {exc}\n{text}"})
                 continue
             for new in made:
-                kept.append({**_payload(row), **new, **base, "id": row_id(parent, step.name, index),
+                kept.append({**carried_columns(row), **new, **base, "id": row_id(parent, step.name, index),
                              "parent_id": parent, "sample": k,
                              "tokens_in": row["tokens_in"], "tokens_out": row["tokens_out"]})
                 index += 1
@@ -108,12 +108,11 @@ def _progress(stage: StageDir, total: int, done: int, label: str) -> tqdm:
                 mininterval=1.0, disable=os.environ.get("RAYSYNTH_NO_PROGRESS") == "1")
 
 
-def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, engine: EngineConfig,
-                  model_dir: str, lineage: Lineage) -> StageDir:
-    """Run `step` over the committed rows of `source`; skip if committed, resume if partial."""
-    identity = {"step": step.identity(), "model": lineage.model, "input": source.name,
-                "engine": engine.model_dump(include={"model", "dtype", "max_model_len", "trust_remote_code"})}
-    stage = run.stage(iteration, step.name, identity)
+def run_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], source: StageDir,
+               batch_size: int, label: str, add_ops: Callable[[Any, StageDir], Any]) -> StageDir:
+    """Skip if committed, else stream the source's uncommitted rows through `add_ops` (which ends
+    in a commit task yielding one stats row per batch) and commit the stage when all are done."""
+    stage = run.stage(iteration, name, identity)
     if stage.committed:
         print(f"[skip] {stage.path} (committed)")
         return stage
@@ -122,16 +121,30 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
     files = source.part_files()
     total = int(source.manifest()["rows_out"])
     started, session = time.time(), f"{os.getpid()}-{time.time():.0f}"
-    bar = _progress(stage, total, len(done), f"{lineage.recipe}/{step.name}")
+    bar = _progress(stage, total, len(done), label)
     if files and len(done) < total:
         ds = ray.data.read_parquet(files)
         if done:
             ds = ds.filter(lambda row: row["id"] not in done)
-        # Blocks of batch_size rows: an actor emits a block only when all of it is generated, so the
+        # Blocks of batch_size rows: an actor emits a block only when all of it is processed, so the
         # block is the unit of commit and of work lost to a crash.
-        ds = ds.repartition(target_num_rows_per_block=engine.batch_size)
-        template = step.template
-        ds = ds.map_batches(build_prompts, fn_kwargs={"step": step, "template": template},
+        ds = add_ops(ds.repartition(target_num_rows_per_block=batch_size), stage)
+        for stats in ds.iter_rows():
+            bar.update(int(stats["rows_in"]))
+            stage.record_time(session, started)
+    bar.close()
+    stage.record_time(session, started)
+    return _finish(stage, identity, total)
+
+
+def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, engine: EngineConfig,
+                  model_dir: str, lineage: Lineage) -> StageDir:
+    """Run `step` over the committed rows of `source`; skip if committed, resume if partial."""
+    identity = {"step": step.identity(), "model": lineage.model, "input": source.name,
+                "engine": engine.model_dump(include={"model", "dtype", "max_model_len", "trust_remote_code"})}
+
+    def add_ops(ds, stage: StageDir):
+        ds = ds.map_batches(build_prompts, fn_kwargs={"step": step, "template": step.template},
                             batch_format="pandas", batch_size=engine.batch_size)
         ds = ds.map_batches(
             _engine_class(), batch_format="pandas", batch_size=engine.batch_size,
@@ -139,15 +152,12 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
             num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
             fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, "sampling": step.sampling,
                                    "regex": step.regex, "json_schema": step.json_schema})
-        ds = ds.map_batches(parse_and_commit, batch_format="pandas", batch_size=None, num_cpus=0.25,
-                            fn_kwargs={"step": step, "stage_dir": str(stage.path), "lineage": lineage,
-                                       "template_hash": step.template_hash})
-        for stats in ds.iter_rows():
-            bar.update(int(stats["rows_in"]))
-            stage.record_time(session, started)
-    bar.close()
-    stage.record_time(session, started)
-    return _finish(stage, identity, total)
+        return ds.map_batches(parse_and_commit, batch_format="pandas", batch_size=None, num_cpus=0.25,
+                              fn_kwargs={"step": step, "stage_dir": str(stage.path), "lineage": lineage,
+                                         "template_hash": step.template_hash})
+
+    return run_stage(run, iteration, step.name, identity, source, engine.batch_size,
+                      f"{lineage.recipe}/{step.name}", add_ops)
 
 
 def _engine_class():

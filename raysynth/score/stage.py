@@ -1,0 +1,104 @@
+"""Reward models as Ray Data stages: an actor pool scores rows, a commit task applies the gap and
+repetition filters and writes kept and rejected rows (with reasons) into the stage store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import ray
+
+from raysynth.config import ScorerConfig
+from raysynth.pipeline import Lineage, carried_columns, run_stage
+from raysynth.score.filters import gap_reason, repetition_reason
+from raysynth.store import RunDir, StageDir, row_id
+
+SCORE_COLUMNS = ["score_a", "score_b", "score_gap", "score_error"]
+
+
+class ScoreActor:
+    """Callable class for `map_batches`: adds score_a, score_b, score_gap (= a - b), score_error."""
+
+    def __init__(self, scorer: ScorerConfig, columns: tuple[str, str, str]):
+        import torch
+
+        device = "cuda" if scorer.num_gpus > 0 else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(scorer.num_cpus)))
+        self.kind, self.columns = scorer.kind, columns
+        if scorer.kind == "pairrm":
+            from raysynth.score.pairrm import PairRM
+
+            self.model = PairRM(scorer.model, device, source_max_length=scorer.max_length // 2,
+                                candidate_max_length=scorer.max_length // 4)
+        else:
+            from raysynth.score.reward_model import SequenceRewardModel
+
+            self.model = SequenceRewardModel(scorer.model, device, scorer.max_length, scorer.trust_remote_code)
+
+    def _score(self, prompts: list[str], a: list[str], b: list[str]) -> tuple[list[float], list[float]]:
+        if self.kind == "pairrm":
+            preference = self.model.compare(prompts, a, b)
+            return preference, [-p for p in preference]
+        return self.model.score(prompts, a), self.model.score(prompts, b)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        prompt, a, b = (batch[c].astype(str).tolist() for c in self.columns)
+        n = len(batch)
+        score_a, score_b, errors = [float("nan")] * n, [float("nan")] * n, [""] * n
+        try:
+            score_a, score_b = self._score(prompt, a, b)
+        except Exception:  # one bad row must not fail the batch: score rows one by one
+            for i in range(n):
+                try:
+                    (score_a[i],), (score_b[i],) = self._score([prompt[i]], [a[i]], [b[i]])
+                except Exception as exc:
+                    errors[i] = f"score_error: {type(exc).__name__}: {exc}"
+        batch = batch.copy()
+        batch["score_a"], batch["score_b"], batch["score_error"] = score_a, score_b, errors
+        batch["score_gap"] = batch["score_a"] - batch["score_b"]
+        return batch
+
+
+def filter_and_commit(batch: pd.DataFrame, name: str, stage_dir: str, lineage: Lineage, threshold: float,
+                      max_repetition: float | None, response_column: str) -> pd.DataFrame:
+    base = {"recipe": lineage.recipe, "iteration": lineage.iteration, "stage": name, "model": lineage.model,
+            "template": "", "template_hash": ""}
+    kept, rejected, reasons = [], [], {}
+    for row in batch.to_dict("records"):
+        reason = "score_error" if row["score_error"] else gap_reason(row["score_gap"], threshold)
+        if reason is None and max_repetition is not None:
+            reason = repetition_reason(str(row[response_column]), max_repetition)
+        scores = {k: row[k] for k in ("score_a", "score_b", "score_gap")}
+        if reason:
+            reasons[reason] = reasons.get(reason, 0) + 1
+            rejected.append({**base, **scores, "id": row_id(row["id"], name, -1), "parent_id": row["id"],
+                             "reason": reason, "raw": row["score_error"] or str(row[response_column])})
+        else:
+            kept.append({**carried_columns(row), **scores, **base, "id": row_id(row["id"], name, 0),
+                         "parent_id": row["id"]})
+    StageDir(stage_dir).commit_batch(list(batch["id"]), pd.DataFrame(kept), pd.DataFrame(rejected),
+                                     {"rows_in": len(batch), "rows_out": len(kept), "rejected": reasons,
+                                      "tokens_in": 0, "tokens_out": 0})
+    return pd.DataFrame([{"rows_in": len(batch), "rows_out": len(kept)}])
+
+
+def run_score_stage(run: RunDir, iteration: int, name: str, source: StageDir, scorer: ScorerConfig,
+                    columns: tuple[str, str, str], lineage: Lineage) -> StageDir:
+    """Score `columns` = (prompt, response A, response B) of every source row; keep rows whose
+    gap passes the threshold and whose response A is not repetitive; reject the rest with reasons."""
+    identity = {"scorer": scorer.model_dump(mode="json"), "columns": list(columns), "input": source.name}
+
+    def add_ops(ds, stage: StageDir):
+        ds = ds.map_batches(ScoreActor, batch_format="pandas", batch_size=scorer.batch_size,
+                            compute=ray.data.ActorPoolStrategy(min_size=scorer.concurrency[0],
+                                                               max_size=scorer.concurrency[1]),
+                            num_cpus=scorer.num_cpus, num_gpus=scorer.num_gpus,
+                            fn_constructor_kwargs={"scorer": scorer, "columns": columns})
+        return ds.map_batches(filter_and_commit, batch_format="pandas", batch_size=None, num_cpus=0.25,
+                              fn_kwargs={"name": name, "stage_dir": str(stage.path), "lineage": lineage,
+                                         "threshold": scorer.threshold, "max_repetition": scorer.max_repetition,
+                                         "response_column": columns[1]})
+
+    return run_stage(run, iteration, name, identity, source, scorer.batch_size, f"{lineage.recipe}/{name}",
+                      add_ops)

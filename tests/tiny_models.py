@@ -1,0 +1,47 @@
+"""Tiny, randomly initialised checkpoints in the real models' on-disk formats (no downloads)."""
+
+from pathlib import Path
+
+PAIRRM_SPECIALS = ["<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>"]
+WORDS = ("what is the capital of france paris london a city on seine i do not know maybe berlin "
+         "hard to say tell me about cats dogs they are pets good bad answer question yes no").split()
+
+
+def build_tiny_pairrm(path: Path) -> Path:
+    """PairRM-hf layout: DeBERTa-v2 config plus PairRM's fields, `pretrained_model.*` and
+    `head_layer.*` weights, a fast tokenizer with the prefix tokens as special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import DebertaV2Config, PreTrainedTokenizerFast
+
+    from raysynth.score.pairrm import PairRMModel
+
+    base = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate(base + PAIRRM_SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                        additional_special_tokens=PAIRRM_SPECIALS)
+    config = DebertaV2Config(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=512, pad_token_id=0, n_tasks=1, drop_out=0.05,
+        sep_token_id=vocab["[SEP]"], source_prefix_id=vocab["<|source|>"], cand_prefix_id=vocab["<|candidate|>"],
+        cand1_prefix_id=vocab["<|candidate1|>"], cand2_prefix_id=vocab["<|candidate2|>"])
+    PairRMModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_reward_model(path: Path, tokenizer_dir: str) -> Path:
+    """A sequence-classification Llama (num_labels=1) with the embedded model's tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
