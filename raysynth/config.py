@@ -66,6 +66,7 @@ class EngineConfig(Strict):
 
 
 class CondorSteps(Strict):
+    grow_tags: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=256)
     question: SamplingConfig = SamplingConfig(max_tokens=512)
     answer: SamplingConfig = SamplingConfig(max_tokens=1024, structured=False)
     critique: SamplingConfig = SamplingConfig(max_tokens=512)
@@ -87,7 +88,10 @@ CONDOR_TASK_TYPES = [
 
 class CondorConfig(Strict):
     tag_tree: Path | None = Field(None, description="JSON tag tree; None: the tree shipped with raysynth")
-    max_tags: int | None = Field(None, ge=1, description="sample this many leaf tags (seeded); None: all")
+    grow_tags: int = Field(0, ge=0, description="optional tree growth: ask the model for this many new "
+                           "leaf tags per branch before synthesis; 0: off (use the tree as given)")
+    max_tags: int | None = Field(None, ge=1, description="sample this many leaf tags (seeded, after "
+                                 "growth); None: all")
     task_types: list[str] = Field(default_factory=lambda: list(CONDOR_TASK_TYPES), min_length=1)
     difficulties: list[str] = Field(default_factory=lambda: ["Easy", "Medium", "Hard"], min_length=1)
     refine_rounds: int = Field(1, ge=0, description="critique-refine rounds (paper: 1)")
@@ -140,6 +144,17 @@ class ScorerConfig(Strict):
     @property
     def threshold(self) -> float:
         return DEFAULT_GAP[self.kind] if self.gap_threshold is None else self.gap_threshold
+
+
+class FilterConfig(Strict):
+    """Text filters over one column of a stage, applied in this order; None turns one off."""
+
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    pattern: str | None = Field(None, description="a regex the text must contain (format filter)")
+    near_duplicate_jaccard: float | None = Field(0.8, gt=0, le=1, description="MinHash word-3-shingle Jaccard")
+    rouge_l_max: float | None = Field(0.7, gt=0, le=1, description="Self-Instruct novelty: keep if ROUGE-L "
+                                      "F1 against every kept text is below this (paper: 0.7)")
 
 
 class LoraConfig(Strict):

@@ -134,7 +134,7 @@ def run_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], 
             stage.record_time(session, started)
     bar.close()
     stage.record_time(session, started)
-    return _finish(stage, identity, total)
+    return finish_stage(stage, identity, total)
 
 
 def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, engine: EngineConfig,
@@ -166,7 +166,7 @@ def _engine_class():
     return VLLMStage
 
 
-def _finish(stage: StageDir, identity: dict[str, Any], total: int) -> StageDir:
+def finish_stage(stage: StageDir, identity: dict[str, Any], total: int) -> StageDir:
     missing = total - len(stage.done_inputs())
     if missing:
         raise RuntimeError(f"{stage.path}: {missing} input rows were not committed; re-run to resume")
@@ -189,4 +189,4 @@ def write_source_stage(run: RunDir, iteration: int, name: str, rows: list[dict[s
     stage.commit_batch(list(frame["id"]), frame, pd.DataFrame(),
                        {"rows_in": len(rows), "rows_out": len(rows), "rejected": {}, "tokens_in": 0,
                         "tokens_out": 0})
-    return _finish(stage, identity, len(rows))
+    return finish_stage(stage, identity, len(rows))

@@ -77,7 +77,8 @@ def test_refine_and_answer():
 def test_build_uses_template_files():
     steps = condor_steps(CondorConfig())
     row = {"domain": "Mathematics", "tag": "prime numbers", "task_type": "coding", "question": "Q?",
-           "answer": "A.", "strength": "s", "weakness": "w", "suggestion": "g"}
+           "answer": "A.", "strength": "s", "weakness": "w", "suggestion": "g", "branch": "Number theory",
+           "existing": ["primes"]}
     for step in steps.values():
         messages = step.build(row, step.template)
         assert messages[0]["role"] == "user" and messages[0]["content"].strip()
@@ -92,3 +93,20 @@ def test_tag_tree_shape_and_sampling():
     rows = tag_task_rows(tree, ["a", "b"], max_tags=5, seed=1)
     assert len(rows) == 10 and rows == tag_task_rows(tree, ["a", "b"], max_tags=5, seed=1)
     assert len(tag_task_rows(tree, ["a"], None, 0)) == len(paths)
+
+
+def test_grow_tags_parse_and_merge():
+    from raysynth.recipes.condor import add_grown_tags, branch_rows, leaf_tags
+    from raysynth.steps.condor import grow_tags_regex, parse_grow_tags
+
+    tree = {"Physics": {"Optics": ["lenses"], "Thermodynamics": ["entropy"]}}
+    rows = branch_rows(tree)
+    assert rows[0] == {"domain": "Physics", "branch": "Optics", "path": ["Physics", "Optics"], "existing": ["lenses"]}
+    reply = "- Fiber optics\n- lenses\n- Laser cooling.\n- Fiber optics\nSome chatter\n"
+    new = parse_grow_tags(reply, rows[0])[0]["new_tags"]
+    assert new == ["Fiber optics", "Laser cooling"]
+    with pytest.raises(Rejection):
+        parse_grow_tags("I cannot think of any.", rows[0])
+    grown = add_grown_tags(tree, [{"path": ["Physics", "Optics"], "new_tags": new}])
+    assert ("Physics", "Optics", "Laser cooling") in leaf_tags(grown) and tree["Physics"]["Optics"] == ["lenses"]
+    assert re.fullmatch(grow_tags_regex(2), "- Fiber optics\n- Laser cooling\n")

@@ -121,3 +121,26 @@ def test_reward_model_scores_and_filters_count_reasons(local_ray, tmp_path):
     assert kept["score_gap"].map(math.isfinite).all()
     assert (kept["score_gap"] == kept["score_a"] - kept["score_b"]).all()
     assert kept["score_a"].nunique() > 1  # real scores, not a constant
+
+
+def test_filter_stage_counts_each_reason(tmp_path):
+    from raysynth.config import FilterConfig
+    from raysynth.pipeline import Lineage, write_source_stage
+    from raysynth.score.filter_stage import run_filter_stage
+    from raysynth.store import RunDir
+
+    texts = ["Write a poem about the sea at night.",            # kept
+             "Write a poem about the sea at night.",            # exact copy: near-duplicate
+             "Write a poem about the sea at dawn.",             # ROUGE-L 0.875 with the first
+             "Hi",                                              # too short
+             "List three uses of copper in electronics.",       # kept
+             "Summarize the history of the printing press."]    # ROUGE-L vs the seed below
+    run, lineage = RunDir(tmp_path / "run"), Lineage("test", 0, "none")
+    source = write_source_stage(run, 0, "instructions", [{"instruction": t, "k": i} for i, t in enumerate(texts)],
+                                {"n": len(texts)}, lineage)
+    stage = run_filter_stage(run, 0, "filtered", source, "instruction", FilterConfig(min_chars=5), lineage,
+                             reference=["Summarize the history of the printing press briefly."])
+    manifest = stage.manifest()
+    assert manifest["rows_in"] == 6 and manifest["rows_out"] == 2
+    assert manifest["rejected"] == {"near_duplicate": 1, "rouge_l_too_similar": 2, "too_short": 1}
+    assert sorted(stage.read()["k"]) == [0, 4]

@@ -1,6 +1,7 @@
 """Condor (arXiv 2501.12273), Condor Void then Condor Refine:
 
-  world knowledge tree --(leaf tag x 7 task types)--> one call per (tag, task):
+  world knowledge tree [--(optional: new leaf tags per branch)-->] --(leaf tag x 7 task types)-->
+  one call per (tag, task):
   Easy / Medium / Hard questions --> answers --> [critique (Strength / Weakness / Suggestion)
   --> refined answer] x refine_rounds --> SFT dataset (chat messages)
   --> [SFT with Ray Train when `train` is set --> the run's current model: condor-iter-01]
@@ -43,6 +44,31 @@ def leaf_tags(tree: dict[str, Any], trail: tuple[str, ...] = ()) -> list[tuple[s
     return paths
 
 
+def branch_rows(tree: dict[str, Any], trail: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One row per branch that holds leaf tags: the unit the tag-growth step extends."""
+    rows: list[dict[str, Any]] = []
+    for name, child in tree.items():
+        if isinstance(child, dict):
+            rows += branch_rows(child, trail + (name,))
+        else:
+            path = trail + (name,)
+            rows.append({"domain": path[0], "branch": name, "path": list(path), "existing": [str(t) for t in child]})
+    return rows
+
+
+def add_grown_tags(tree: dict[str, Any], grown: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of `tree` with each grown row's new tags appended under its branch."""
+    tree = json.loads(json.dumps(tree))
+    for row in grown:
+        path = [str(p) for p in row["path"]]  # Parquet gives numpy arrays of numpy strings
+        node = tree
+        for part in path[:-1]:
+            node = node[part]
+        leaves = node[path[-1]]
+        leaves += [str(t) for t in row["new_tags"] if str(t) not in leaves]
+    return tree
+
+
 def tag_task_rows(tree: dict[str, Any], task_types: list[str], max_tags: int | None,
                   seed: int) -> list[dict[str, Any]]:
     tags = leaf_tags(tree)
@@ -59,6 +85,11 @@ def run(cfg: CondorRun) -> dict[str, Any]:
     steps = condor_steps(cfg.condor)
 
     tree = load_tag_tree(cfg.condor.tag_tree)
+    if cfg.condor.grow_tags:
+        branches = write_source_stage(run_dir, 0, "branches", branch_rows(tree), {"tree": stable_hash(tree)},
+                                      lineage)
+        grown = run_llm_stage(run_dir, 0, steps["grow_tags"], branches, cfg.engine, model_dir, lineage)
+        tree = add_grown_tags(tree, grown.read(["path", "new_tags"]).to_dict("records"))
     rows = tag_task_rows(tree, cfg.condor.task_types, cfg.condor.max_tags, cfg.seed)
     tags = write_source_stage(run_dir, 0, "tags", rows, {"rows": stable_hash(rows)}, lineage)
 

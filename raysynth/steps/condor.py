@@ -26,6 +26,31 @@ _IMPROVED_RE = re.compile(
 _PLACEHOLDERS = {"question", "question?", "your question", "your improved answer", "..."}
 
 
+# --- tag growth (optional): new leaf tags for each branch of the knowledge tree ----------------
+
+def build_grow_tags(row: dict[str, Any], template: str, count: int) -> Messages:
+    return [{"role": "user", "content": template.format(
+        domain=row["domain"], branch=row["branch"], existing="; ".join(row["existing"]), count=count)}]
+
+
+def grow_tags_regex(count: int) -> str:
+    return "".join(r"- [A-Za-z][^\n]{2,60}\n" for _ in range(count))
+
+
+def parse_grow_tags(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """New tags from `- tag` lines: trimmed, not already under the branch, no repeats."""
+    seen = {t.lower() for t in row["existing"]}
+    tags = []
+    for line in text.splitlines():
+        tag = line.strip().lstrip("-*•0123456789.) ").strip().rstrip(".").strip()
+        if line.strip()[:1] in "-*•" and 2 < len(tag) <= 60 and tag.lower() not in seen:
+            seen.add(tag.lower())
+            tags.append(tag)
+    if not tags:
+        raise Rejection("unparseable", "no new tag lines")
+    return [{"new_tags": tags}]
+
+
 # --- question synthesis ----------------------------------------------------------------------
 
 def build_question(row: dict[str, Any], template: str) -> Messages:
@@ -124,8 +149,13 @@ def condor_steps(cfg: CondorConfig) -> dict[str, LLMStep]:
     def parse_q(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
         return parse_questions(text, row, difficulties)
 
+    def build_grow(row: dict[str, Any], template: str) -> Messages:
+        return build_grow_tags(row, template, cfg.grow_tags)
+
     steps = cfg.steps
     return {
+        "grow_tags": LLMStep("grow-tags", RECIPE, "grow_tags", build_grow, parse_grow_tags, steps.grow_tags,
+                             regex=grow_tags_regex(max(cfg.grow_tags, 1)), params={"count": cfg.grow_tags}),
         "question": LLMStep("question", RECIPE, "question", build_question, parse_q, steps.question,
                             regex=question_regex(difficulties, cfg.max_question_chars),
                             params={"difficulties": difficulties}),
