@@ -117,7 +117,8 @@ class JudgeConfig(Strict):
 
 
 # SynPO's gap thresholds (appendix C.3): 0.20 for PairRM scores, 0.02 for ArmoRM scores.
-DEFAULT_GAP = {"pairrm": 0.20, "reward_model": 0.02}
+# The LLM judge's gap is +2 (A wins in both orders), 0 (tie) or -2: 1.0 keeps only agreed wins.
+DEFAULT_GAP = {"pairrm": 0.20, "reward_model": 0.02, "llm_judge": 1.0}
 
 
 class ScorerConfig(Strict):
@@ -125,12 +126,15 @@ class ScorerConfig(Strict):
 
     pairrm: a PairRM checkpoint (hub id or dir); score_a = position-swapped preference of A over
     B, score_b = its negative. reward_model: any sequence-classification reward model (ArmoRM
-    with trust_remote_code); score_a and score_b are its scalar scores. score_gap = a - b.
+    with trust_remote_code); score_a and score_b are its scalar scores. llm_judge: the pairwise
+    judge on the vLLM stage (the run's engine and model, `judge` sampling), both orders; score_a
+    is +1 / 0 / -1 for win / tie / loss. score_gap = a - b. `model` is unused for llm_judge.
     """
 
-    kind: Literal["pairrm", "reward_model"] = "pairrm"
+    kind: Literal["pairrm", "reward_model", "llm_judge"] = "pairrm"
     model: str = "llm-blender/PairRM-hf"
     trust_remote_code: bool = False
+    judge: JudgeConfig = JudgeConfig()
     gap_threshold: float | None = Field(None, description="keep rows with score_gap >= this; None: the "
                                         "paper's value for the kind (PairRM 0.20, ArmoRM 0.02)")
     max_repetition: float | None = Field(0.5, ge=0, le=1, description="drop when response A's repeated "

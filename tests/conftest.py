@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
 
 # A chain small enough for CI, greedy so that an interrupted run must equal an uninterrupted one,
 # batch_size 2 so that every stage has several batches to resume between.

@@ -2,14 +2,16 @@
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import SHARED
 from raysynth.steps import Rejection
 from raysynth.steps.judge import (combine_pairwise, pairwise_regex, pairwise_rows, parse_pairwise, parse_score,
                                   parse_winner, pointwise_regex)
+
+TEST_DATA = Path(__file__).parent / "data"
 
 
 @pytest.mark.parametrize("reply, score", [
@@ -59,21 +61,23 @@ def test_structured_regexes_accept_their_own_format():
 
 @pytest.mark.slow
 def test_judges_on_the_embedded_model(local_ray, tmp_path):
-    """50 Alpaca (instruction, response) items, pointwise; 10 pairs, pairwise with swap.
+    """50 Self-Instruct seed tasks (instruction, human response), pointwise; 10 pairs, pairwise.
 
     Floor for the parsed share: 0.9. Structured outputs hold the reply to the verdict format, so
     only a reply cut at max_tokens can fail to parse; 96 tokens leave room for the longest allowed
     explanation (200 characters, about 50 tokens) plus the verdict, so nearly all must parse.
     """
-    from raysynth.config import EngineConfig, JudgeConfig
+    from raysynth.config import EngineConfig, JudgeConfig, ScorerConfig
+    from raysynth.score.stage import run_pair_scores
     from raysynth.models import resolve_model
     from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
     from raysynth.steps.judge import judge_steps
     from raysynth.store import RunDir
 
-    items = [json.loads(line) for line in (SHARED / "data/seed/alpaca_3k.jsonl").read_text().splitlines()[:60]]
-    rows = [{"instruction": i["instruction"] + ("\n\n" + i["input"] if i.get("input") else ""),
-             "response": i["output"]} for i in items[:50]]
+    tasks = [json.loads(line) for line in (TEST_DATA / "self_instruct_seed_50.jsonl").read_text().splitlines()]
+    first = [t["instances"][0] for t in tasks]
+    rows = [{"instruction": t["instruction"] + ("\n\n" + i["input"] if i["input"] else ""), "response": i["output"]}
+            for t, i in zip(tasks, first)]
     pairs = [{"pair_id": f"p{k}", "instruction": rows[k]["instruction"], "a": rows[k]["response"],
               "b": "I don't know."} for k in range(10)]
     run, lineage = RunDir(tmp_path / "run"), Lineage("judge", 0, "smollm2-135m")
@@ -87,8 +91,15 @@ def test_judges_on_the_embedded_model(local_ray, tmp_path):
     print(f"pointwise: parsed {share:.0%} of {len(rows)}; scores {scores.value_counts().to_dict()}")
     assert share >= 0.9 and scores.between(1, 10).all()
 
-    pair_stage = write_source_stage(run, 0, "pairs", pairwise_rows(pairs), {"n": len(pairs)}, lineage)
-    verdicts = run_llm_stage(run, 0, steps["pairwise"], pair_stage, engine, model_dir, lineage).read()
-    combined = combine_pairwise(verdicts)
-    print("pairwise:", combined["winner"].value_counts().to_dict())
-    assert len(verdicts) >= 18 and set(combined["winner"]) <= {"a", "b", "tie", "incomplete"}
+    # The pairwise judge as the configured pair scorer (both orders, agreed wins kept).
+    source = write_source_stage(run, 0, "pairs", [{"prompt": p["instruction"], "a": p["a"], "b": p["b"]}
+                                                  for p in pairs], {"n": len(pairs)}, lineage)
+    scorer = ScorerConfig(kind="llm_judge", max_repetition=None)
+    scored = run_pair_scores(run, 0, "judged", source, scorer, ("prompt", "a", "b"), lineage, engine, model_dir)
+    manifest = scored.manifest()
+    kept = scored.read()
+    print("pairwise judge:", manifest["rows_out"], "agreed wins for the reference answer; dropped",
+          manifest["rejected"])
+    assert manifest["rows_out"] + sum(manifest["rejected"].values()) == len(pairs)
+    assert set(manifest["rejected"]) <= {"gap_below_threshold", "score_error"}
+    assert kept.empty or (kept["score_gap"] == 2.0).all()

@@ -1,16 +1,18 @@
-"""Reward models as Ray Data stages: an actor pool scores rows, a commit task applies the gap and
-repetition filters and writes kept and rejected rows (with reasons) into the stage store."""
+"""Pair scoring as stages: a reward-model actor pool (PairRM, sequence-classification RMs) or the
+pairwise LLM judge scores (prompt, A, B) rows; the gap and repetition filters then decide, and kept
+and rejected rows (with reasons) go into the stage store. `run_pair_scores` picks by config."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import pandas as pd
 import ray
 
-from raysynth.config import ScorerConfig
-from raysynth.pipeline import Lineage, carried_columns, run_stage
+from raysynth.config import EngineConfig, ScorerConfig
+from raysynth.pipeline import Lineage, carried_columns, finish_stage, run_llm_stage, run_stage, write_source_stage
 from raysynth.score.filters import gap_reason, repetition_reason
+from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
 from raysynth.store import RunDir, StageDir, row_id
 
 SCORE_COLUMNS = ["score_a", "score_b", "score_gap", "score_error"]
@@ -102,3 +104,43 @@ def run_score_stage(run: RunDir, iteration: int, name: str, source: StageDir, sc
 
     return run_stage(run, iteration, name, identity, source, scorer.batch_size, f"{lineage.recipe}/{name}",
                       add_ops)
+
+
+JUDGE_SCORE = {"a": 1.0, "tie": 0.0, "b": -1.0}
+
+
+def run_pair_scores(run: RunDir, iteration: int, name: str, source: StageDir, scorer: ScorerConfig,
+                    columns: tuple[str, str, str], lineage: Lineage, engine: EngineConfig | None = None,
+                    model_dir: str | None = None) -> StageDir:
+    """Score with the scorer the config names; recipes call this, so switching needs no code.
+
+    llm_judge judges each pair in both orders on the vLLM stage (`engine`, `model_dir`), then
+    score_a = +1 / 0 / -1 for an agreed win / a tie / an agreed loss, score_b = -score_a.
+    """
+    if scorer.kind != "llm_judge":
+        return run_score_stage(run, iteration, name, source, scorer, columns, lineage)
+    if engine is None or model_dir is None:
+        raise ValueError("the llm_judge scorer needs the engine and model to judge with")
+    prompt, a, b = columns
+    rows = source.read()
+    pairs = [{"pair_id": r["id"], "instruction": r[prompt], "a": r[a], "b": r[b]} for r in rows.to_dict("records")]
+    shown = write_source_stage(run, iteration, f"{name}-pairs", pairwise_rows(pairs),
+                               {"input": source.name, "columns": list(columns)}, lineage)
+    step = replace(judge_steps(scorer.judge)["pairwise"], name=f"{name}-judge")
+    verdicts = run_llm_stage(run, iteration, step, shown, engine, model_dir, lineage)
+
+    identity = {"scorer": scorer.model_dump(mode="json"), "columns": list(columns), "verdicts": verdicts.name}
+    stage = run.stage(iteration, name, identity)
+    if stage.committed:
+        print(f"[skip] {stage.path} (committed)")
+        return stage
+    stage.prepare(identity)
+    winners = dict(combine_pairwise(verdicts.read(["pair_id", "order", "judge_winner"])).values.tolist())
+    frame = rows.copy()
+    outcome = frame["id"].map(lambda i: winners.get(i, "incomplete"))
+    frame["score_a"] = outcome.map(lambda w: JUDGE_SCORE.get(w, float("nan")))
+    frame["score_b"] = -frame["score_a"]
+    frame["score_gap"] = frame["score_a"] - frame["score_b"]
+    frame["score_error"] = outcome.map(lambda w: "" if w in JUDGE_SCORE else "judge verdict missing in an order")
+    filter_and_commit(frame, name, str(stage.path), lineage, scorer.threshold, scorer.max_repetition, a)
+    return finish_stage(stage, identity, len(rows))
