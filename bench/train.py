@@ -37,6 +37,10 @@ def write_data(path: Path, rows: int) -> Path:
 
 
 
+def global_samples(cfg: TrainConfig) -> int:
+    return cfg.max_steps * cfg.per_device_batch_size * cfg.num_workers
+
+
 def bare_trl(cfg: TrainConfig, data: Path, model_dir: str, threads: int) -> tuple[float, float]:
     """One process, all cores, the global batch on one device."""
     import torch
@@ -53,7 +57,7 @@ def bare_trl(cfg: TrainConfig, data: Path, model_dir: str, threads: int) -> tupl
         trainer.train()
     wall = time.time() - started
     loop = next(e["train_samples_per_second"] for e in trainer.state.log_history if "train_samples_per_second" in e)
-    return loop, cfg.max_steps * cfg.per_device_batch_size * cfg.num_workers / wall
+    return loop, global_samples(cfg) / wall
 
 
 def ray_train(cfg: TrainConfig, data: Path, model_dir: str, parent: Path) -> tuple[float, float]:
@@ -63,8 +67,7 @@ def ray_train(cfg: TrainConfig, data: Path, model_dir: str, parent: Path) -> tup
     init_ray()
     out = train_model(cfg, data, "smollm2-135m", model_dir, parent)
     summary = json.loads((out.parent / "_done.json").read_text())
-    samples = cfg.max_steps * cfg.per_device_batch_size * cfg.num_workers
-    return summary["train_metrics"]["train_samples_per_second"], samples / summary["fit_seconds"]
+    return summary["train_metrics"]["train_samples_per_second"], global_samples(cfg) / summary["fit_seconds"]
 
 
 def main() -> None:

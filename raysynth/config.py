@@ -136,7 +136,7 @@ class ScorerConfig(Strict):
     trust_remote_code: bool = False
     judge: JudgeConfig = JudgeConfig()
     gap_threshold: float | None = Field(None, description="keep rows with score_gap >= this; None: the "
-                                        "paper's value for the kind (PairRM 0.20, ArmoRM 0.02)")
+                                        "paper's value for the kind (PairRM 0.20, ArmoRM 0.02; judge: agreed wins)")
     max_repetition: float | None = Field(0.5, ge=0, le=1, description="drop when response A's repeated "
                                          "4-gram share exceeds this (SynPO: 50%); None: off")
     max_length: int = Field(2048, ge=16, description="tokens per scored input")

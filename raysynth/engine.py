@@ -42,9 +42,9 @@ def engine_kwargs(engine: EngineConfig, model_dir: str, seed: int) -> dict[str, 
         cores = sorted(os.sched_getaffinity(0))
         bind = ",".join(map(str, cores)) if engine.cpu_threads_bind == "all" else engine.cpu_threads_bind
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
-        # Ray sets OMP_NUM_THREADS=num_cpus (1) in actors; the engine's own processes inherit it.
-        os.environ["OMP_NUM_THREADS"] = str(len(cores) if engine.cpu_threads_bind == "all" else
-                                             os.environ.get("OMP_NUM_THREADS", "1"))
+        if engine.cpu_threads_bind == "all":
+            # Ray sets OMP_NUM_THREADS=num_cpus (1) in actors; the engine's own processes inherit it.
+            os.environ["OMP_NUM_THREADS"] = str(len(cores))
     return dict(
         model=model_dir,
         dtype=choose_dtype(engine, on_gpu),

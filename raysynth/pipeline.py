@@ -32,6 +32,11 @@ class Lineage:
     iteration: int
     model: str
 
+    def columns(self, stage: str, template: str = "", template_hash: str = "") -> dict[str, Any]:
+        """The lineage columns every row a stage writes carries (ids added per row)."""
+        return {"recipe": self.recipe, "iteration": self.iteration, "stage": stage, "model": self.model,
+                "template": template, "template_hash": template_hash}
+
 
 def init_ray() -> None:
     """Join the cluster in RAY_ADDRESS when set, otherwise start a local Ray."""
@@ -64,9 +69,7 @@ def parse_and_commit(batch: pd.DataFrame, step: LLMStep, stage_dir: str, lineage
     stage = StageDir(stage_dir)
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    base = {"recipe": lineage.recipe, "iteration": lineage.iteration, "stage": step.name,
-            "model": lineage.model, "template": f"{step.recipe}/{step.template_name}",
-            "template_hash": template_hash}
+    base = lineage.columns(step.name, f"{step.recipe}/{step.template_name}", template_hash)
     tokens_in = int(batch["tokens_in"].sum()) if len(batch) else 0
     tokens_out = int(batch["tokens_out"].sum()) if len(batch) else 0
     for row in batch.to_dict("records"):
@@ -112,11 +115,9 @@ def run_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], 
                batch_size: int, label: str, add_ops: Callable[[Any, StageDir], Any]) -> StageDir:
     """Skip if committed, else stream the source's uncommitted rows through `add_ops` (which ends
     in a commit task yielding one stats row per batch) and commit the stage when all are done."""
-    stage = run.stage(iteration, name, identity)
+    stage = open_stage(run, iteration, name, identity)
     if stage.committed:
-        print(f"[skip] {stage.path} (committed)")
         return stage
-    stage.prepare(identity)
     done = stage.done_inputs()
     files = source.part_files()
     total = int(source.manifest()["rows_out"])
@@ -166,6 +167,40 @@ def _engine_class():
     return VLLMStage
 
 
+def open_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], quiet: bool = False) -> StageDir:
+    """The stage's directory: left alone when already committed (the caller skips it), else
+    prepared for writing (leftovers of an interrupted run removed)."""
+    stage = run.stage(iteration, name, identity)
+    if stage.committed:
+        if not quiet:
+            print(f"[skip] {stage.path} (committed)")
+    else:
+        stage.prepare(identity)
+    return stage
+
+
+def commit_decisions(stage: StageDir, name: str, lineage: Lineage, rows: list[dict[str, Any]],
+                     reasons: list[str | None], raws: list[str], extra: list[dict[str, Any]] | None = None) -> int:
+    """Commit one batch of keep/drop decisions made on existing rows: a row with a reason goes to the
+    rejected table (with `raw`), the others are kept with their columns; `extra` columns (e.g.
+    scores) go to both. Returns the number kept."""
+    base = lineage.columns(name)
+    extra = extra or [{} for _ in rows]
+    kept, rejected, counts = [], [], {}
+    for row, reason, raw, more in zip(rows, reasons, raws, extra):
+        if reason:
+            counts[reason] = counts.get(reason, 0) + 1
+            rejected.append({**base, **more, "id": row_id(row["id"], name, -1), "parent_id": row["id"],
+                             "reason": reason, "raw": raw})
+        else:
+            kept.append({**carried_columns(row), **more, **base, "id": row_id(row["id"], name, 0),
+                         "parent_id": row["id"]})
+    stage.commit_batch([row["id"] for row in rows], pd.DataFrame(kept), pd.DataFrame(rejected),
+                       {"rows_in": len(rows), "rows_out": len(kept), "rejected": counts,
+                        "tokens_in": 0, "tokens_out": 0})
+    return len(kept)
+
+
 def finish_stage(stage: StageDir, identity: dict[str, Any], total: int) -> StageDir:
     missing = total - len(stage.done_inputs())
     if missing:
@@ -179,12 +214,10 @@ def finish_stage(stage: StageDir, identity: dict[str, Any], total: int) -> Stage
 def write_source_stage(run: RunDir, iteration: int, name: str, rows: list[dict[str, Any]],
                        identity: dict[str, Any], lineage: Lineage) -> StageDir:
     """A stage made on the driver from a small, fully known source (e.g. tag tree x task types)."""
-    stage = run.stage(iteration, name, identity)
+    stage = open_stage(run, iteration, name, identity, quiet=True)
     if stage.committed:
         return stage
-    stage.prepare(identity)
-    base = {"recipe": lineage.recipe, "iteration": lineage.iteration, "stage": name, "model": lineage.model,
-            "template": "", "template_hash": "", "parent_id": ""}
+    base = {**lineage.columns(name), "parent_id": ""}
     frame = pd.DataFrame([{**row, **base, "id": row_id(stable_hash(row, 16), name, 0)} for row in rows])
     stage.commit_batch(list(frame["id"]), frame, pd.DataFrame(),
                        {"rows_in": len(rows), "rows_out": len(rows), "rejected": {}, "tokens_in": 0,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from dataclasses import replace
@@ -58,7 +59,7 @@ def branch_rows(tree: dict[str, Any], trail: tuple[str, ...] = ()) -> list[dict[
 
 def add_grown_tags(tree: dict[str, Any], grown: list[dict[str, Any]]) -> dict[str, Any]:
     """A copy of `tree` with each grown row's new tags appended under its branch."""
-    tree = json.loads(json.dumps(tree))
+    tree = copy.deepcopy(tree)
     for row in grown:
         path = [str(p) for p in row["path"]]  # Parquet gives numpy arrays of numpy strings
         node = tree

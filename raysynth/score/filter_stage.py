@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import pandas as pd
-
 from raysynth.config import FilterConfig
-from raysynth.pipeline import Lineage, carried_columns, finish_stage
+from raysynth.pipeline import Lineage, commit_decisions, finish_stage, open_stage
 from raysynth.score.filters import format_reason, length_reason, near_duplicate_reasons, rouge_novelty_reasons
-from raysynth.store import RunDir, StageDir, row_id
+from raysynth.store import RunDir, StageDir
 
 
 def filter_reasons(texts: list[str], cfg: FilterConfig, reference: Iterable[str] = ()) -> list[str | None]:
@@ -46,24 +44,10 @@ def run_filter_stage(run: RunDir, iteration: int, name: str, source: StageDir, c
     reference = reference or []
     identity = {"filters": cfg.model_dump(mode="json"), "column": column, "input": source.name,
                 "reference": len(reference)}
-    stage = run.stage(iteration, name, identity)
+    stage = open_stage(run, iteration, name, identity)
     if stage.committed:
-        print(f"[skip] {stage.path} (committed)")
         return stage
-    stage.prepare(identity)
-    rows = source.read().sort_values("id", kind="stable")
-    reasons = filter_reasons(rows[column].astype(str).tolist(), cfg, reference)
-    base = {"recipe": lineage.recipe, "iteration": lineage.iteration, "stage": name, "model": lineage.model,
-            "template": "", "template_hash": ""}
-    kept, rejected, counts = [], [], {}
-    for row, reason in zip(rows.to_dict("records"), reasons):
-        if reason:
-            counts[reason] = counts.get(reason, 0) + 1
-            rejected.append({**base, "id": row_id(row["id"], name, -1), "parent_id": row["id"], "reason": reason,
-                             "raw": str(row[column])})
-        else:
-            kept.append({**carried_columns(row), **base, "id": row_id(row["id"], name, 0), "parent_id": row["id"]})
-    stage.commit_batch(list(rows["id"]), pd.DataFrame(kept), pd.DataFrame(rejected),
-                       {"rows_in": len(rows), "rows_out": len(kept), "rejected": counts,
-                        "tokens_in": 0, "tokens_out": 0})
+    rows = source.read().sort_values("id", kind="stable").to_dict("records")
+    texts = [str(row[column]) for row in rows]
+    commit_decisions(stage, name, lineage, rows, filter_reasons(texts, cfg, reference), texts)
     return finish_stage(stage, identity, len(rows))

@@ -10,10 +10,11 @@ import pandas as pd
 import ray
 
 from raysynth.config import EngineConfig, ScorerConfig
-from raysynth.pipeline import Lineage, carried_columns, finish_stage, run_llm_stage, run_stage, write_source_stage
+from raysynth.pipeline import (Lineage, commit_decisions, finish_stage, open_stage, run_llm_stage, run_stage,
+                               write_source_stage)
 from raysynth.score.filters import gap_reason, repetition_reason
 from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
-from raysynth.store import RunDir, StageDir, row_id
+from raysynth.store import RunDir, StageDir
 
 SCORE_COLUMNS = ["score_a", "score_b", "score_gap", "score_error"]
 
@@ -64,25 +65,17 @@ class ScoreActor:
 
 def filter_and_commit(batch: pd.DataFrame, name: str, stage_dir: str, lineage: Lineage, threshold: float,
                       max_repetition: float | None, response_column: str) -> pd.DataFrame:
-    base = {"recipe": lineage.recipe, "iteration": lineage.iteration, "stage": name, "model": lineage.model,
-            "template": "", "template_hash": ""}
-    kept, rejected, reasons = [], [], {}
-    for row in batch.to_dict("records"):
+    rows = batch.to_dict("records")
+    reasons = []
+    for row in rows:
         reason = "score_error" if row["score_error"] else gap_reason(row["score_gap"], threshold)
         if reason is None and max_repetition is not None:
             reason = repetition_reason(str(row[response_column]), max_repetition)
-        scores = {k: row[k] for k in ("score_a", "score_b", "score_gap")}
-        if reason:
-            reasons[reason] = reasons.get(reason, 0) + 1
-            rejected.append({**base, **scores, "id": row_id(row["id"], name, -1), "parent_id": row["id"],
-                             "reason": reason, "raw": row["score_error"] or str(row[response_column])})
-        else:
-            kept.append({**carried_columns(row), **scores, **base, "id": row_id(row["id"], name, 0),
-                         "parent_id": row["id"]})
-    StageDir(stage_dir).commit_batch(list(batch["id"]), pd.DataFrame(kept), pd.DataFrame(rejected),
-                                     {"rows_in": len(batch), "rows_out": len(kept), "rejected": reasons,
-                                      "tokens_in": 0, "tokens_out": 0})
-    return pd.DataFrame([{"rows_in": len(batch), "rows_out": len(kept)}])
+        reasons.append(reason)
+    raws = [row["score_error"] or str(row[response_column]) for row in rows]
+    scores = [{k: row[k] for k in ("score_a", "score_b", "score_gap")} for row in rows]
+    kept = commit_decisions(StageDir(stage_dir), name, lineage, rows, reasons, raws, scores)
+    return pd.DataFrame([{"rows_in": len(rows), "rows_out": kept}])
 
 
 def run_score_stage(run: RunDir, iteration: int, name: str, source: StageDir, scorer: ScorerConfig,
@@ -130,11 +123,9 @@ def run_pair_scores(run: RunDir, iteration: int, name: str, source: StageDir, sc
     verdicts = run_llm_stage(run, iteration, step, shown, engine, model_dir, lineage)
 
     identity = {"scorer": scorer.model_dump(mode="json"), "columns": list(columns), "verdicts": verdicts.name}
-    stage = run.stage(iteration, name, identity)
+    stage = open_stage(run, iteration, name, identity)
     if stage.committed:
-        print(f"[skip] {stage.path} (committed)")
         return stage
-    stage.prepare(identity)
     winners = dict(combine_pairwise(verdicts.read(["pair_id", "order", "judge_winner"])).values.tolist())
     frame = rows.copy()
     outcome = frame["id"].map(lambda i: winners.get(i, "incomplete"))
