@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 # Idempotent: re-runs only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -22,7 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/raysynth run configs/condor-small.yaml --run-dir runs/condor-demo
 
-test: $(STAMP)
+# The report test renders report.html in headless Chromium (Debian's package; needs root or sudo).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+browser:
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -v -rs $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -96,6 +97,165 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory")) -> None:
         typer.echo(f"error: {run_dir}: no such run directory", err=True)
         raise typer.Exit(2)
     print_status(run_dir)
+
+
+@contextmanager
+def _exit_on_user_error():
+    """A bad config or a model that is not there: one line on stderr, exit code 2, nothing started."""
+    from raysynth.config import ConfigError
+    from raysynth.models import ModelNotFoundError
+
+    try:
+        yield
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2)
+    except ModelNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+
+
+def _run_model(run_dir: Path, name: str) -> tuple[str, int | None]:
+    """A model registered in the run (models.json: name -> path, iteration), else `name` itself."""
+    import json
+
+    registry = run_dir / "models.json"
+    models = json.loads(registry.read_text()) if registry.is_file() else {}
+    if name in models:
+        return models[name]["path"], int(models[name]["iteration"])
+    return name, None
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument("smollm2-135m", help="The embedded default, a model registered in the run "
+                                "(e.g. condor-iter-01, see RUN_DIR/models.json), a model directory or a hub id"),
+    run_dir: Path = typer.Option(Path("runs/eval"), "--run-dir", help="Run to store answers and results in; "
+                                 "re-running resumes and reuses answers already generated"),
+    iteration: Optional[int] = typer.Option(None, help="Iteration to file the result under (eval/iter-NN.json); "
+                                            "default: the registered model's iteration, else 0"),
+    baseline: Optional[str] = typer.Option(None, help="Model to judge against (win rate); none: no win rate"),
+    limit: Optional[int] = typer.Option(100, help="First N IFEval prompts; 0: all 541"),
+    max_tokens: int = typer.Option(512, help="Tokens per answer (greedy decoding)"),
+    set_: List[str] = typer.Option([], "--set", help="Override an eval setting: --set judge_model=DIR (repeatable)"),
+) -> None:
+    """Evaluate a model: IFEval prompt/instruction accuracy (strict and loose), win rate against a
+    baseline (pairwise judge, both orders), each with a bootstrap 95% interval."""
+    from raysynth.config import EngineConfig, EvalConfig, load_section
+    from raysynth.models import resolve_model
+
+    path, registered_iteration = _run_model(run_dir, model)
+    base = {"limit": limit or None, "generation": {"temperature": 0.0, "max_tokens": max_tokens, "structured": False}}
+    with _exit_on_user_error():
+        cfg = load_section(EvalConfig, base, set_, "raysynth eval")
+        engine = load_section(EngineConfig, _run_config(run_dir).get("engine", {}), [], f"{run_dir}/config.yaml")
+        resolve_model(path)
+        if baseline:
+            resolve_model(_run_model(run_dir, baseline)[0])
+
+    from raysynth.eval import eval_path, evaluate
+    from raysynth.pipeline import init_ray
+    from raysynth.store import RunDir
+
+    init_ray()
+    it = iteration if iteration is not None else (registered_iteration or 0)
+    result = evaluate(RunDir(run_dir), it, path, engine, cfg, baseline=_run_model(run_dir, baseline)[0] if baseline else None)
+    _print_eval(result)
+    typer.echo(f"\nresults: {eval_path(RunDir(run_dir), it)}")
+
+
+def _run_config(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _print_eval(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"eval of {result['model']} (iteration {result['iteration']})")
+    for column in ("metric", "value", "95% interval", "n"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    metrics = {f"IFEval {k.replace('_', ' ')}": v for k, v in result["ifeval"].items()}
+    if "winrate" in result:
+        metrics[f"win rate vs {result['winrate']['baseline']}"] = result["winrate"]["win_rate"]
+    for name, m in metrics.items():
+        table.add_row(name, f"{m['value']:.3f}", f"[{m['low']:.3f}, {m['high']:.3f}]", str(m["n"]))
+    Console(width=160).print(table)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory")) -> None:
+    """Write RUN_DIR/report.html (one self-contained page: evaluation per iteration with intervals,
+    rows and throughput per stage, drop reasons, training loss, samples before/after refinement)
+    and RUN_DIR/summary.md."""
+    from raysynth.report import build_report
+
+    if not run_dir.is_dir():
+        typer.echo(f"error: {run_dir}: no such run directory", err=True)
+        raise typer.Exit(2)
+    paths = build_report(run_dir)
+    typer.echo(paths["markdown"].read_text())
+    typer.echo(f"report: {paths['html']}\nsummary: {paths['markdown']}")
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = typer.Argument(None, help="Serve settings (YAML), e.g. jobs/serve.yaml; optional"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Follow this run's current model "
+                                           "(current_model.json) and switch when a recipe registers a new one"),
+    model: Optional[str] = typer.Option(None, help="Serve this model (registered name, directory, hub id) "
+                                        "and make it the run's current model"),
+    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)"),
+    set_: List[str] = typer.Option([], "--set", help="Override a serve setting: --set max_replicas=2"),
+) -> None:
+    """Serve the run's current model behind an OpenAI-compatible API (Ray Serve + vLLM):
+    /v1/models, /v1/chat/completions, /v1/completions (stream=true: server-sent events), /health,
+    /admin/swap. With RAYSYNTH_API_KEY set, requests need `Authorization: Bearer <key>`.
+    Runs until Ctrl-C."""
+    from raysynth.config import load_serve_config
+
+    overrides = list(set_) + [f"{k}={v}" for k, v in (("run_dir", run_dir), ("model", model), ("host", host),
+                                                        ("port", port)) if v is not None]
+    with _exit_on_user_error():
+        cfg = load_serve_config(config, overrides)
+        from raysynth.serve import initial_pointer
+
+        current = initial_pointer(cfg)
+
+    from ray import serve as ray_serve
+
+    from raysynth.pipeline import init_ray
+    from raysynth.serve import start_server
+
+    init_ray()
+    url = start_server(cfg)
+    typer.echo(f"serving {current['name']} at {url}/v1 (OpenAI-compatible); following "
+               f"{cfg.run_dir / 'current_model.json'}. Ctrl-C to stop.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.shutdown()
+
+
+@app.command()
+def swap(
+    model: str = typer.Argument(..., help="A model registered in the run (see RUN_DIR/models.json), a model "
+                                "directory or a hub id"),
+    run_dir: Path = typer.Option(..., "--run-dir", help="The run the server follows"),
+    name: Optional[str] = typer.Option(None, help="Model id to serve it under"),
+) -> None:
+    """Switch a running `raysynth serve` to MODEL: points RUN_DIR/current_model.json at it; replicas
+    load it and switch without dropping requests."""
+    from raysynth.serve import point_run_at
+
+    with _exit_on_user_error():
+        entry = point_run_at(run_dir, model, name)
+    typer.echo(f"{run_dir / 'current_model.json'} -> {entry['name']} ({entry['path']})")
 
 
 @app.command()

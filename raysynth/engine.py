@@ -68,6 +68,13 @@ def sampling_params(sampling: SamplingConfig, regex: str | None = None, json_sch
                           n=sampling.n, structured_outputs=structured)
 
 
+def chat_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The model's chat template applied to `messages`, ending where the assistant's reply starts."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # The template already holds the special tokens; transformers 5 returns a dict for tokenize=True.
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 class VLLMStage:
     """Callable class for `Dataset.map_batches(VLLMStage, concurrency=(min, max), ...)`."""
 
@@ -81,16 +88,10 @@ class VLLMStage:
         self.params = sampling_params(sampling, regex, json_schema)
 
     def _prompt(self, messages_json: str) -> list[int]:
-        messages = json.loads(messages_json)
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        # The template already holds the special tokens; transformers 5 returns a dict for tokenize=True.
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return chat_token_ids(self.tokenizer, json.loads(messages_json))
 
     def _generate(self, token_lists: list[list[int]]):
-        from vllm.inputs import TokensPrompt
-
-        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_lists]
-        return self.llm.generate(prompts, self.params, use_tqdm=False)
+        return self.llm.generate([token_prompt(ids) for ids in token_lists], self.params, use_tqdm=False)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         n = len(batch)
@@ -140,3 +141,29 @@ class VLLMStage:
             except Exception as exc:
                 errors[i] = f"engine_error: {type(exc).__name__}: {exc}"[:500]
         return outputs
+
+
+# --- the online engine, for `raysynth serve` -----------------------------------------------------
+
+def start_async_engine(engine: EngineConfig, model_dir: str, seed: int = 0):
+    """A vLLM AsyncLLM for concurrent requests. Blocking (model load): call it off the event loop."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(engine, model_dir, seed), disable_log_stats=True))
+
+
+def request_params(temperature: float, top_p: float, max_tokens: int, n: int, stop: list[str] | None,
+                   stream: bool):
+    """Sampling for one API request; a stream gets deltas, a plain request only the final output."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, stop=stop or None,
+                          output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+
+
+def token_prompt(ids: list[int]):
+    from vllm.inputs import TokensPrompt
+
+    return TokensPrompt(prompt_token_ids=ids)

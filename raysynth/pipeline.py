@@ -142,15 +142,17 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
                   model_dir: str, lineage: Lineage) -> StageDir:
     """Run `step` over the committed rows of `source`; skip if committed, resume if partial."""
     identity = {"step": step.identity(), "model": lineage.model, "input": source.name,
-                "engine": engine.model_dump(include={"model", "dtype", "max_model_len", "trust_remote_code"})}
+                "engine": engine.model_dump(include={"model", "dtype", "max_model_len", "trust_remote_code"}),
+                **({"endpoint": engine.endpoint.model_dump(include={"base_url", "model"})} if engine.endpoint else {})}
 
     def add_ops(ds, stage: StageDir):
         ds = ds.map_batches(build_prompts, fn_kwargs={"step": step, "template": step.template},
                             batch_format="pandas", batch_size=engine.batch_size)
         ds = ds.map_batches(
-            _engine_class(), batch_format="pandas", batch_size=engine.batch_size,
+            _engine_class(engine), batch_format="pandas", batch_size=engine.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=engine.concurrency[0], max_size=engine.concurrency[1]),
-            num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
+            num_cpus=engine.endpoint.num_cpus if engine.endpoint else engine.num_cpus,
+            num_gpus=0 if engine.endpoint else engine.num_gpus,
             fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, "sampling": step.sampling,
                                    "regex": step.regex, "json_schema": step.json_schema})
         return ds.map_batches(parse_and_commit, batch_format="pandas", batch_size=None, num_cpus=0.25,
@@ -161,7 +163,11 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
                       f"{lineage.recipe}/{step.name}", add_ops)
 
 
-def _engine_class():
+def _engine_class(engine: EngineConfig):
+    if engine.endpoint is not None:
+        from raysynth.endpoint import EndpointStage
+
+        return EndpointStage
     from raysynth.engine import VLLMStage  # imported lazily: vllm is heavy, and only actors need it
 
     return VLLMStage

@@ -116,8 +116,10 @@ def test_sft_step_trains_and_registers_the_model(baseline_run: Path, tmp_path: P
     shutil.copytree(baseline_run, copy)
     config = write_tiny_config(tmp_path, copy)
     result = run_raysynth("run", str(config), "--set", "train.method=sft", "--set", "train.max_steps=4",
-                          "--set", "train.max_length=256", "--set", "train.save_steps=2")
-    assert result.stdout.count("[skip]") == 4  # synthesis is reused; only training runs
+                          "--set", "train.max_length=256", "--set", "train.save_steps=2",
+                          *EVAL_SETTINGS)
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("[skip]")]
+    assert sum("/eval-" not in line for line in skipped) == 4  # synthesis is reused; training and eval run
     current = json.loads((copy / "current_model.json").read_text())
     assert current["name"] == "condor-iter-01" and current["iteration"] == 1
     model_dir = Path(current["path"])
@@ -125,3 +127,50 @@ def test_sft_step_trains_and_registers_the_model(baseline_run: Path, tmp_path: P
     done = json.loads((model_dir.parent / "_done.json").read_text())
     assert done["steps"] == 4 and done["last_loss"] is not None
     assert "fine-tuned model" in result.stdout
+    check_evaluation(copy, current["path"])
+
+
+# Small enough for CI: 6 IFEval prompts, short greedy answers; the model judges itself.
+EVAL_SETTINGS = ("--set", "eval.limit=6", "--set", "eval.generation.max_tokens=48")
+
+
+def check_evaluation(run_dir: Path, trained: str) -> None:
+    base = json.loads((run_dir / "eval" / "iter-00.json").read_text())
+    after = json.loads((run_dir / "eval" / "iter-01.json").read_text())
+    assert base["model"] == "smollm2-135m" and after["model"] == trained
+    for result in (base, after):
+        assert set(result["ifeval"]) == {"prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"}
+        for m in result["ifeval"].values():
+            assert m["n"] == 6 and m["low"] <= m["value"] <= m["high"]
+    winrate = after["winrate"]
+    assert winrate["baseline"] == "smollm2-135m" and winrate["wins"] + winrate["ties"] + winrate["losses"] \
+        + winrate["incomplete"] == 6 and winrate["win_rate"]["n"] == 6 - winrate["incomplete"]
+    assert base["diversity"]["texts"] > 0 and 0 < base["diversity"]["distinct_1"]["value"] <= 1
+
+    # The CLI re-evaluates the base model from the answers already committed, and prints the table.
+    result = run_raysynth("eval", "smollm2-135m", "--run-dir", str(run_dir), "--limit", "6", "--max-tokens", "48")
+    assert "[skip]" in result.stdout and "IFEval prompt strict" in result.stdout and "IFEval instruction loose" in result.stdout
+
+    # The report: one self-contained page that a headless browser renders as more than a blank page.
+    result = run_raysynth("report", str(run_dir))
+    page = (run_dir / "report.html").read_text()
+    assert page.count("<img") >= 4 and "win rate vs iteration 0" in page and "before" in page
+    assert "IFEval prompt strict" in (run_dir / "summary.md").read_text()
+    assert_renders_not_blank(run_dir / "report.html", run_dir / "report.png")
+
+
+def assert_renders_not_blank(html: Path, png: Path) -> None:
+    import shutil
+
+    from PIL import Image
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "the report test needs Chromium (make test installs Debian's chromium package)"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                    f"--user-data-dir={png.parent / 'chromium-profile'}", "--window-size=1280,2400",
+                    f"--screenshot={png}", html.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+    image = Image.open(png).convert("L")
+    histogram = image.histogram()
+    non_white = sum(histogram[:240]) / (image.width * image.height)
+    assert image.width == 1280 and non_white > 0.03, f"the rendered report looks blank ({non_white:.1%} ink)"

@@ -55,3 +55,19 @@ def test_help_explains_commands():
     result = cli("--help")
     assert result.returncode == 0 and "run" in result.stdout and "status" in result.stdout
     assert "RAY_ADDRESS" in cli("run", "--help").stdout
+    for command in ("eval", "report", "serve", "swap"):
+        assert command in result.stdout
+    assert "Bearer" in cli("serve", "--help").stdout
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("eval", "--run-dir", "{tmp}", "--set", "limit=abc"), "field 'limit'"),
+    (("eval", "no-such-model", "--run-dir", "{tmp}"), "no-such-model"),
+    (("serve", "--run-dir", "{tmp}", "--set", "port=99999"), "field 'port'"),
+    (("serve", "--run-dir", "{tmp}", "--set", "replicas=2"), "field 'replicas': unknown key"),
+    (("swap", "no-such-model", "--run-dir", "{tmp}"), "no-such-model"),
+])
+def test_eval_serve_swap_errors_are_one_line_exit_2(tmp_path: Path, args, expected):
+    result = cli(*(a.format(tmp=tmp_path / "run") for a in args))
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert not (tmp_path / "run" / "current_model.json").exists()

@@ -5,6 +5,7 @@
   Easy / Medium / Hard questions --> answers --> [critique (Strength / Weakness / Suggestion)
   --> refined answer] x refine_rounds --> SFT dataset (chat messages)
   --> [SFT with Ray Train when `train` is set --> the run's current model: condor-iter-01]
+  --> [evaluation when `eval` is set: IFEval, win rate of iteration 1 against 0, diversity]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raysynth.config import CondorRun
+from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
@@ -109,4 +111,11 @@ def run(cfg: CondorRun) -> dict[str, Any]:
         trained = train_model(cfg.train, Path(str(export["parquet"])), cfg.engine.model, model_dir,
                               run_dir.iteration_dir(0), cfg.engine.trust_remote_code)
         export["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1)["path"]
+    if cfg.eval is not None:
+        # Iteration 0: the base model, and the diversity of the questions it synthesised;
+        # iteration 1: the model trained on them, judged against the base model.
+        questions = [str(q) for q in current.read(["question"])["question"]]
+        evaluate(run_dir, 0, cfg.engine.model, cfg.engine, cfg.eval, texts=questions)
+        if export.get("model"):
+            evaluate(run_dir, 1, export["model"], cfg.engine, cfg.eval, baseline=cfg.engine.model)
     return export

@@ -1,0 +1,116 @@
+"""Evaluation of one model in a run: IFEval accuracies, judged win rate against a baseline model,
+diversity of synthetic texts. Every rate has a bootstrap 95% interval (eval/stats.py).
+
+Generation and judging are ordinary stages of the run (`iter-NN/eval-*`), so they are resumable,
+show in `raysynth status`, and the baseline's answers are generated once and reused. The result
+is written to `<run-dir>/eval/iter-NN.json`, which `raysynth report` plots.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from raysynth.config import EngineConfig, EvalConfig
+from raysynth.eval.diversity import diversity
+from raysynth.eval.ifeval import check_response, load_ifeval
+from raysynth.eval.stats import rate, ratio
+from raysynth.models import resolve_model
+from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
+from raysynth.steps.eval import respond_step
+from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
+from raysynth.store import RunDir, atomic_write_json, stable_hash
+
+# Win rate counts a tie as half a win (AlpacaEval's convention).
+OUTCOME_VALUE = {"a": 1.0, "tie": 0.5, "b": 0.0}
+
+
+def eval_path(run: RunDir, iteration: int) -> Path:
+    return run.path / "eval" / f"iter-{iteration:02d}.json"
+
+
+def _answers(run: RunDir, iteration: int, prompts, model: str, engine: EngineConfig,
+             cfg: EvalConfig) -> dict[str, str]:
+    """Answers of `model` to the prompt stage's rows, by prompt key; rows the engine rejected
+    (e.g. a prompt longer than the context) answer with ''."""
+    stage = run_llm_stage(run, iteration, respond_step(cfg.generation), prompts, engine.model_copy(update={"model": model}),
+                          resolve_model(model), Lineage("eval", iteration, model))
+    answers = {str(k): "" for k in prompts.read(["key"])["key"]}
+    answers.update({str(k): r for k, r in stage.read(["key", "response"]).values.tolist()})
+    return answers
+
+
+def ifeval_metrics(rows: list[dict[str, Any]], answers: dict[str, str], seed: int) -> dict[str, Any]:
+    verdicts = [check_response(row, answers.get(str(row["key"]), "")) for row in rows]
+    return {
+        "prompt_strict": rate([v["prompt_strict"] for v in verdicts], seed),
+        "prompt_loose": rate([v["prompt_loose"] for v in verdicts], seed),
+        "instruction_strict": ratio([sum(v["strict"]) for v in verdicts], [len(v["strict"]) for v in verdicts], seed),
+        "instruction_loose": ratio([sum(v["loose"]) for v in verdicts], [len(v["loose"]) for v in verdicts], seed),
+    }
+
+
+def judge_engine(engine: EngineConfig, cfg: EvalConfig, model: str) -> tuple[EngineConfig, str, str]:
+    """(engine, model dir, model name) of the judge: an endpoint, another local model, or `model` itself."""
+    if cfg.judge_endpoint is not None:
+        return engine.model_copy(update={"endpoint": cfg.judge_endpoint}), "", cfg.judge_endpoint.model
+    name = cfg.judge_model or model
+    return engine.model_copy(update={"model": name}), resolve_model(name), name
+
+
+def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict[str, str],
+             baseline_answers: dict[str, str], engine: EngineConfig, cfg: EvalConfig, model: str) -> dict[str, Any]:
+    """Pairwise judge, both orders: a = this model, b = the baseline; a win needs both orders to agree."""
+    pairs = [{"pair_id": key, "instruction": prompts[key], "a": answers[key], "b": baseline_answers[key]}
+             for key in sorted(prompts) if key in answers and key in baseline_answers]
+    judge, judge_dir, judge_name = judge_engine(engine, cfg, model)
+    lineage = Lineage("eval", iteration, judge_name)
+    shown = write_source_stage(run, iteration, "eval-winrate-pairs", pairwise_rows(pairs),
+                               {"pairs": stable_hash(pairs)}, lineage)
+    step = replace(judge_steps(cfg.judge)["pairwise"], name="eval-winrate-judge")
+    verdicts = run_llm_stage(run, iteration, step, shown, judge, judge_dir, lineage)
+    outcomes = combine_pairwise(verdicts.read(["pair_id", "order", "judge_winner"]))
+    decided = [OUTCOME_VALUE[w] for w in outcomes["winner"] if w in OUTCOME_VALUE]
+    counts = {w: int((outcomes["winner"] == w).sum()) for w in ("a", "tie", "b", "incomplete")}
+    counts["incomplete"] += len(pairs) - len(outcomes)  # both verdicts of the pair unparseable
+    return {"win_rate": rate(decided, cfg.seed), "judge": judge_name,
+            "wins": counts["a"], "ties": counts["tie"], "losses": counts["b"], "incomplete": counts["incomplete"]}
+
+
+def _winrate_prompts(path: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"key": str(i), "prompt": r.get("prompt") or r["instruction"]} for i, r in enumerate(rows)]
+
+
+def evaluate(run: RunDir, iteration: int, model: str, engine: EngineConfig, cfg: EvalConfig,
+             baseline: str | None = None, texts: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate `model` as iteration `iteration` of `run`; `baseline` (iteration 0's model) for the
+    win rate, `texts` (this iteration's synthetic data) for diversity. Writes eval/iter-NN.json."""
+    rows = load_ifeval(cfg.ifeval, cfg.limit)
+    lineage = Lineage("eval", iteration, model)
+    prompt_rows = [{"key": str(r["key"]), "prompt": r["prompt"]} for r in rows]
+    prompts = write_source_stage(run, iteration, "eval-ifeval-prompts", prompt_rows,
+                                 {"rows": stable_hash(prompt_rows)}, lineage)
+    answers = _answers(run, iteration, prompts, model, engine, cfg)
+    result: dict[str, Any] = {"iteration": iteration, "model": model, "ifeval": ifeval_metrics(rows, answers, cfg.seed),
+                              "ifeval_prompts": len(rows),
+                              "generation": cfg.generation.model_dump()}
+    if baseline is not None and cfg.winrate and baseline != model:
+        if cfg.winrate_prompts is None:
+            held_out = {r["key"]: r["prompt"] for r in prompt_rows}
+            ours, theirs = answers, _answers(run, 0, prompts, baseline, engine, cfg)
+        else:
+            extra = _winrate_prompts(cfg.winrate_prompts)
+            held_out = {r["key"]: r["prompt"] for r in extra}
+            source = write_source_stage(run, iteration, "eval-winrate-prompts", extra, {"rows": stable_hash(extra)},
+                                        lineage)
+            ours, theirs = (_answers(run, iteration, source, model, engine, cfg),
+                            _answers(run, 0, source, baseline, engine, cfg))
+        result["winrate"] = {"baseline": baseline, **win_rate(run, iteration, held_out, ours, theirs, engine, cfg, model)}
+    if texts:
+        result["diversity"] = diversity(texts, cfg.seed, cfg.diversity_group, embedding_model=cfg.embedding_model)
+    eval_path(run, iteration).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(eval_path(run, iteration), result)
+    return result

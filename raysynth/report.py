@@ -1,0 +1,248 @@
+"""`raysynth report RUN_DIR`: one self-contained HTML page (plots embedded as PNG) and a short
+Markdown summary of a run: evaluation per iteration with intervals, rows and throughput per stage,
+why rows were dropped, training loss, and sample rows before and after refinement side by side.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to PNG
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from raysynth.store import RunDir, StageDir  # noqa: E402
+
+# Per recipe, the stages whose rows a person compares side by side: (before stage, after stage
+# prefix, prompt column, text column). The after row is traced to its before row by parent ids.
+SIDE_BY_SIDE = {"condor": ("answer", "refine-", "question", "answer")}
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def load_evals(run: RunDir) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((run.path / "eval").glob("iter-*.json"))]
+
+
+def metric_rows(evals: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (iteration, metric) with value and interval, from every eval file."""
+    rows = []
+    for result in evals:
+        metrics = {f"ifeval {k.replace('_', ' ')}": v for k, v in result.get("ifeval", {}).items()}
+        if "winrate" in result:
+            metrics["win rate vs iteration 0"] = result["winrate"]["win_rate"]
+        for key, value in result.get("diversity", {}).items():
+            if isinstance(value, dict):
+                metrics[f"diversity {key.replace('_', ' ')}"] = value
+        rows += [{"iteration": result["iteration"], "metric": name, **m} for name, m in metrics.items()]
+    return pd.DataFrame(rows, columns=["iteration", "metric", "value", "low", "high", "n"])
+
+
+def stage_frame(run: RunDir) -> pd.DataFrame:
+    rows = []
+    for stage in run.stages():
+        stats = stage.stats()
+        seconds = stats.seconds or float("nan")
+        rows.append({"stage": f"{stage.path.parent.name}/{stage.name.rsplit('-', 1)[0]}",
+                     "state": "committed" if stage.committed else "partial", "rows in": stats.rows_in,
+                     "rows out": stats.rows_out, "dropped": sum(stats.rejected.values()),
+                     "reasons": dict(stats.rejected), "tokens out": stats.tokens_out,
+                     "seconds": round(stats.seconds, 1), "rows/s": round(stats.rows_in / seconds, 2),
+                     "tokens/s": round(stats.tokens_out / seconds, 1)})
+    return pd.DataFrame(rows)
+
+
+def plot_metrics(metrics: pd.DataFrame) -> str:
+    names = list(dict.fromkeys(metrics["metric"]))
+    cols = min(3, len(names))
+    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3 * ((len(names) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        part = metrics[metrics["metric"] == name].sort_values("iteration")
+        err = [part["value"] - part["low"], part["high"] - part["value"]]
+        ax.errorbar(part["iteration"], part["value"], yerr=err, marker="o", capsize=4)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.set_xticks(sorted(part["iteration"].unique()))
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    return _png(fig)
+
+
+def plot_stages(stages: pd.DataFrame) -> str:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.35 * len(stages) + 1.5))
+    left.barh(stages["stage"], stages["rows/s"], color="#4c78a8")
+    left.set_title("rows/s")
+    left.invert_yaxis()
+    right.barh(stages["stage"], stages["tokens/s"], color="#f58518")
+    right.set_title("tokens/s (generated)")
+    right.invert_yaxis()
+    right.set_yticklabels([])
+    return _png(fig)
+
+
+def plot_drops(stages: pd.DataFrame) -> str:
+    rows = [(s, r, n) for s, reasons in zip(stages["stage"], stages["reasons"]) for r, n in reasons.items()]
+    frame = pd.DataFrame(rows, columns=["stage", "reason", "rows"]).pivot_table(
+        index="stage", columns="reason", values="rows", aggfunc="sum", fill_value=0)
+    fig, ax = plt.subplots(figsize=(10, 0.4 * len(frame) + 1.8))
+    frame.plot.barh(stacked=True, ax=ax)
+    ax.set_xlabel("rows dropped")
+    ax.invert_yaxis()
+    return _png(fig)
+
+
+def training_runs(run: RunDir) -> list[tuple[str, dict[str, Any]]]:
+    runs = []
+    for done in sorted(run.path.glob("iter-*/*/_done.json")):
+        summary = json.loads(done.read_text())
+        if "log_history" in summary:
+            runs.append((f"{done.parent.parent.name}/{done.parent.name}", summary))
+    return runs
+
+
+def plot_training(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for label, summary in runs:
+        points = [(e["step"], e["loss"]) for e in summary["log_history"] if "loss" in e and "step" in e]
+        if points:
+            ax.plot(*zip(*points), marker=".", label=f"{label} ({summary['method']})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def side_by_side(run: RunDir, recipe: str, limit: int = 8) -> list[dict[str, Any]]:
+    """Sample rows of the after stage with the row they came from in the before stage."""
+    if recipe not in SIDE_BY_SIDE:
+        return []
+    before_name, after_prefix, prompt_col, text_col = SIDE_BY_SIDE[recipe]
+    pairs: list[dict[str, Any]] = []
+    for iteration_dir in sorted(run.path.glob("iter-*")):
+        stages = [StageDir(d) for d in iteration_dir.iterdir() if (d / "_identity.json").exists()]
+        before = [s for s in stages if s.name.rsplit("-", 1)[0] == before_name]
+        after = sorted((s for s in stages if s.name.startswith(after_prefix)), key=lambda s: s.name)
+        if not before or not after:
+            continue
+        parents: dict[str, str] = {}
+        for stage in stages:
+            parents.update(dict(stage.read(["id", "parent_id"]).values.tolist()))
+        originals = before[0].read(["id", text_col]).set_index("id")[text_col].to_dict()
+        for row in after[-1].read().head(limit).to_dict("records"):
+            node = row["id"]
+            while node in parents and node not in originals:
+                node = parents[node]
+            if node in originals:
+                pairs.append({"iteration": iteration_dir.name, "prompt": row.get(prompt_col, ""),
+                              "before": originals[node], "after": row[text_col]})
+    return pairs
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, classes="grid", na_rep="-",
+                         float_format=lambda v: f"{v:.3f}")
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}] (n={m['n']})"
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;margin-top:1.6em}
+table.grid{border-collapse:collapse;font-size:13px} table.grid td,table.grid th{border:1px solid #ccc;padding:4px 8px}
+table.grid th{background:#eef3f8} .pair{display:grid;grid-template-columns:1fr 1fr;gap:12px;margin:1em 0}
+.pair div{background:#f7f7f7;border:1px solid #ddd;padding:8px;white-space:pre-wrap;font-size:13px}
+.prompt{font-weight:600;margin-top:1.2em} .muted{color:#777} img{max-width:100%}"""
+
+
+def build_report(run_dir: Path | str) -> dict[str, Path]:
+    run = RunDir(run_dir)
+    config_path = run.path / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    recipe = config.get("recipe", "?")
+    evals, stages, trains = load_evals(run), stage_frame(run), training_runs(run)
+    metrics = metric_rows(evals)
+    pairs = side_by_side(run, recipe)
+
+    parts = [f"<h1>raysynth run: {html.escape(str(run.path))}</h1>",
+             f"<p class='muted'>recipe <b>{html.escape(recipe)}</b>, model "
+             f"<b>{html.escape(str(config.get('engine', {}).get('model', '?')))}</b>, "
+             f"{len(stages)} stages, {int(stages['rows out'].sum()) if len(stages) else 0} rows written</p>"]
+    parts.append("<h2>Evaluation per iteration (95% bootstrap intervals)</h2>")
+    if len(metrics):
+        parts += [plot_metrics(metrics), _table(metrics)]
+        for result in evals:
+            if "winrate" in result:
+                w = result["winrate"]
+                parts.append(f"<p>iteration {result['iteration']} vs {html.escape(w['baseline'])}: {w['wins']} wins, "
+                             f"{w['ties']} ties, {w['losses']} losses, {w['incomplete']} incomplete (judge: "
+                             f"{html.escape(w['judge'])}, both orders)</p>")
+    else:
+        parts.append("<p class='muted'>No evaluation in this run (set an <code>eval:</code> section).</p>")
+    parts.append("<h2>Stages: rows and throughput</h2>")
+    if len(stages):
+        parts += [plot_stages(stages), _table(stages.drop(columns=["reasons"]))]
+    parts.append("<h2>Why rows were dropped</h2>")
+    if len(stages) and stages["dropped"].sum():
+        parts.append(plot_drops(stages))
+    else:
+        parts.append("<p class='muted'>No rows were dropped.</p>")
+    if trains:
+        parts += ["<h2>Training</h2>", plot_training(trains)]
+        parts.append(_table(pd.DataFrame([{"run": label, "method": s["method"], "steps": s["steps"],
+                                           "first loss": s["first_loss"], "last loss": s["last_loss"],
+                                           "seconds": s["seconds"]} for label, s in trains])))
+    parts.append("<h2>Samples before and after refinement</h2>")
+    if not pairs:
+        parts.append("<p class='muted'>This recipe has no refinement step to compare.</p>")
+    for pair in pairs:
+        parts.append(f"<p class='prompt'>{html.escape(pair['iteration'])}: {html.escape(str(pair['prompt']))}</p>"
+                     f"<div class='pair'><div><b>before</b>\n{html.escape(str(pair['before']))}</div>"
+                     f"<div><b>after</b>\n{html.escape(str(pair['after']))}</div></div>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>raysynth report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    html_path, md_path = run.path / "report.html", run.path / "summary.md"
+    html_path.write_text(page)
+    md_path.write_text(summary_markdown(run, recipe, evals, stages, trains))
+    return {"html": html_path, "markdown": md_path}
+
+
+def summary_markdown(run: RunDir, recipe: str, evals: list[dict[str, Any]], stages: pd.DataFrame,
+                     trains: list[tuple[str, dict[str, Any]]]) -> str:
+    lines = [f"# raysynth run `{run.path}` ({recipe})", ""]
+    if len(stages):
+        lines += [f"- {len(stages)} stages; {int(stages['rows out'].sum())} rows written, "
+                  f"{int(stages['dropped'].sum())} dropped, {int(stages['tokens out'].sum())} tokens generated"]
+        reasons: dict[str, int] = {}
+        for item in stages["reasons"]:
+            for reason, count in item.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        if reasons:
+            lines.append("- dropped by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    for label, summary in trains:
+        lines.append(f"- training {label}: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}")
+    for result in evals:
+        lines += ["", f"## Iteration {result['iteration']}: `{result['model']}`", ""]
+        for name, m in result.get("ifeval", {}).items():
+            lines.append(f"- IFEval {name.replace('_', ' ')}: {_fmt(m)}")
+        if "winrate" in result:
+            lines.append(f"- win rate vs `{result['winrate']['baseline']}`: {_fmt(result['winrate']['win_rate'])}")
+        for name, m in result.get("diversity", {}).items():
+            if isinstance(m, dict):
+                lines.append(f"- diversity {name.replace('_', ' ')}: {_fmt(m)}")
+    return "\n".join(lines) + "\n"
