@@ -33,6 +33,7 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) runs

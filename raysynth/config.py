@@ -10,11 +10,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_field_defaults(cls, data: Any) -> Any:
+        """A partial section overrides its field's default, key by key: `eval.generation.max_tokens=48`
+        keeps eval's greedy temperature instead of falling back to SamplingConfig's class defaults."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, info in cls.model_fields.items():
+            if isinstance(info.default, BaseModel) and isinstance(merged.get(name), dict):
+                merged[name] = {**info.default.model_dump(exclude_unset=False), **merged[name]}
+        return merged
 
 
 class ConfigError(ValueError):

@@ -71,3 +71,13 @@ def test_eval_serve_swap_errors_are_one_line_exit_2(tmp_path: Path, args, expect
     result = cli(*(a.format(tmp=tmp_path / "run") for a in args))
     assert result.returncode == 2 and expected in result.stderr, result.stderr
     assert not (tmp_path / "run" / "current_model.json").exists()
+
+
+def test_partial_section_keeps_the_fields_defaults():
+    """Overriding one key of a section keeps the section's own defaults for the others."""
+    from raysynth.config import CondorRun, EvalConfig, load_section
+
+    cfg = load_section(EvalConfig, {"generation": {"max_tokens": 48}}, [], "test")
+    assert cfg.generation.max_tokens == 48 and cfg.generation.temperature == 0.0 and not cfg.generation.structured
+    run = CondorRun(recipe="condor", condor={"steps": {"answer": {"temperature": 0}}})
+    assert run.condor.steps.answer.max_tokens == 1024 and run.condor.steps.answer.structured is False

@@ -111,6 +111,10 @@ def evaluate(run: RunDir, iteration: int, model: str, engine: EngineConfig, cfg:
         result["winrate"] = {"baseline": baseline, **win_rate(run, iteration, held_out, ours, theirs, engine, cfg, model)}
     if texts:
         result["diversity"] = diversity(texts, cfg.seed, cfg.diversity_group, embedding_model=cfg.embedding_model)
-    eval_path(run, iteration).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(eval_path(run, iteration), result)
+    path = eval_path(run, iteration)
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    if previous.get("model") == model:  # e.g. `raysynth eval` again: keep what this call did not measure
+        result = {**{k: v for k, v in previous.items() if k in ("winrate", "diversity")}, **result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
     return result
