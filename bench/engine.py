@@ -49,17 +49,14 @@ def bare(engine: EngineConfig, model_dir: str, sampling: SamplingConfig,
     """(end-to-end seconds, generate seconds, tokens)."""
     started = time.time()  # the import counts: the Ray actor imports vllm too
     from vllm import LLM
-    from vllm.inputs import TokensPrompt
 
-    from raysynth.engine import engine_kwargs, sampling_params
+    from raysynth.engine import chat_token_ids, engine_kwargs, sampling_params, token_prompt
 
     llm = LLM(**engine_kwargs(engine, model_dir, sampling.seed))
     tok = llm.get_tokenizer()
-    ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                              add_generation_prompt=True), add_special_tokens=False)
-           for p in prompts]
+    ids = [chat_token_ids(tok, [{"role": "user", "content": p}]) for p in prompts]
     generate_started = time.time()
-    outs = llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], sampling_params(sampling), use_tqdm=False)
+    outs = llm.generate([token_prompt(i) for i in ids], sampling_params(sampling), use_tqdm=False)
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     ended = time.time()
     del llm

@@ -14,13 +14,13 @@ import subprocess
 import sys
 import time
 
-import httpx
 import numpy as np
 import openai
 
 from raysynth.config import EngineConfig, ServeConfig
 from raysynth.engine import engine_kwargs
 from raysynth.models import resolve_model
+from raysynth.serve import wait_until_healthy
 
 PROMPTS = ["Give one tip for learning a language.", "Name a planet and one fact about it.",
            "Write a short sentence about the sea.", "What is a prime number?"]
@@ -51,18 +51,6 @@ async def load(base_url: str, model: str, requests: int, concurrency: int, max_t
             "p95": float(np.percentile(latencies, 95)), "failures": failures}
 
 
-def wait_healthy(url: str, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(url)
-
-
 def bench_raysynth(model_dir: str, args) -> dict[str, float]:
     import ray
     from ray import serve
@@ -74,7 +62,7 @@ def bench_raysynth(model_dir: str, args) -> dict[str, float]:
     init_ray()
     cfg = ServeConfig(run_dir=args.run_dir, model=model_dir, model_name="bench", port=args.port, num_cpus=0)
     start_server(cfg)
-    wait_healthy(f"http://127.0.0.1:{args.port}/health")
+    wait_until_healthy(f"http://127.0.0.1:{args.port}/health")
     asyncio.run(load(f"http://127.0.0.1:{args.port}/v1", "bench", 8, args.concurrency, 4))  # warm-up
     result = asyncio.run(load(f"http://127.0.0.1:{args.port}/v1", "bench", args.requests, args.concurrency,
                               args.max_tokens))
@@ -92,7 +80,7 @@ def bench_vllm(model_dir: str, engine: EngineConfig, args) -> dict[str, float]:
            "--disable-log-stats"] + (["--enforce-eager"] if kwargs["enforce_eager"] else [])
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     try:
-        wait_healthy(f"http://127.0.0.1:{args.port + 1}/health")
+        wait_until_healthy(f"http://127.0.0.1:{args.port + 1}/health")
         base = f"http://127.0.0.1:{args.port + 1}/v1"
         asyncio.run(load(base, "bench", 8, args.concurrency, 4))  # warm-up
         return asyncio.run(load(base, "bench", args.requests, args.concurrency, args.max_tokens))

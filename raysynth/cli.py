@@ -24,19 +24,13 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a field: --set engine.batch_size=32 (repeatable)"),
 ) -> None:
     """Run a recipe end to end. Uses the Ray cluster in RAY_ADDRESS when set, else starts a local Ray."""
-    from raysynth.config import ConfigError, load_config
-    from raysynth.models import ModelNotFoundError, resolve_model
+    from raysynth.config import load_config
+    from raysynth.models import resolve_model
 
     overrides = list(set_) + ([f"run_dir={run_dir}"] if run_dir else [])
-    try:
+    with _exit_on_user_error(model_field=f"{config}: field 'engine.model'"):
         cfg = load_config(config, overrides)
         resolve_model(cfg.engine.model)  # fail before anything is written
-    except ConfigError as exc:
-        typer.echo(f"config error: {exc}", err=True)
-        raise typer.Exit(2)
-    except ModelNotFoundError as exc:
-        typer.echo(f"config error: {config}: field 'engine.model': {exc}", err=True)
-        raise typer.Exit(2)
 
     from raysynth.pipeline import init_ray
     from raysynth.recipes import RECIPES
@@ -65,20 +59,14 @@ def train(
     Checkpoints go under OUT_DIR/<method>-<hash>/ray-train; re-running the same command resumes
     from the latest one, and a finished run is skipped. Uses the cluster in RAY_ADDRESS when set.
     """
-    from raysynth.config import ConfigError, load_train_config
-    from raysynth.models import ModelNotFoundError, resolve_model
+    from raysynth.config import load_train_config
+    from raysynth.models import resolve_model
     from raysynth.train.data import TrainDataError, check_columns
 
-    try:
+    with _exit_on_user_error(model_field=f"{config}: field 'model'", config_errors=(TrainDataError,)):
         job = load_train_config(config, set_)
         model_dir = resolve_model(job.model)
         check_columns(job.data, job.train.method)
-    except (ConfigError, TrainDataError) as exc:
-        typer.echo(f"config error: {exc}", err=True)
-        raise typer.Exit(2)
-    except ModelNotFoundError as exc:
-        typer.echo(f"config error: {config}: field 'model': {exc}", err=True)
-        raise typer.Exit(2)
 
     from raysynth.pipeline import init_ray
     from raysynth.train import train_model
@@ -100,27 +88,28 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory")) -> None:
 
 
 @contextmanager
-def _exit_on_user_error():
-    """A bad config or a model that is not there: one line on stderr, exit code 2, nothing started."""
+def _exit_on_user_error(model_field: str | None = None, config_errors: tuple[type[Exception], ...] = ()):
+    """A bad config or a model that is not there: one line on stderr, exit code 2, nothing started.
+    `model_field` names where a missing model came from in a config file ("FILE: field 'model'");
+    `config_errors` are other errors already phrased like config errors."""
     from raysynth.config import ConfigError
     from raysynth.models import ModelNotFoundError
 
     try:
         yield
-    except ConfigError as exc:
+    except (ConfigError, *config_errors) as exc:
         typer.echo(f"config error: {exc}", err=True)
         raise typer.Exit(2)
     except ModelNotFoundError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"config error: {model_field}: {exc}" if model_field else f"error: {exc}", err=True)
         raise typer.Exit(2)
 
 
 def _run_model(run_dir: Path, name: str) -> tuple[str, int | None]:
     """A model registered in the run (models.json: name -> path, iteration), else `name` itself."""
-    import json
+    from raysynth.train import registered_models
 
-    registry = run_dir / "models.json"
-    models = json.loads(registry.read_text()) if registry.is_file() else {}
+    models = registered_models(run_dir)
     if name in models:
         return models[name]["path"], int(models[name]["iteration"])
     return name, None
@@ -141,14 +130,14 @@ def eval_(
 ) -> None:
     """Evaluate a model: IFEval prompt/instruction accuracy (strict and loose), win rate against a
     baseline (pairwise judge, both orders), each with a bootstrap 95% interval."""
-    from raysynth.config import EngineConfig, EvalConfig, load_section
+    from raysynth.config import EngineConfig, EvalConfig, load_section, saved_run_config
     from raysynth.models import resolve_model
 
     path, registered_iteration = _run_model(run_dir, model)
     base = {"limit": limit or None, "generation": {"temperature": 0.0, "max_tokens": max_tokens, "structured": False}}
     with _exit_on_user_error():
         cfg = load_section(EvalConfig, base, set_, "raysynth eval")
-        engine = load_section(EngineConfig, _run_config(run_dir).get("engine", {}), [], f"{run_dir}/config.yaml")
+        engine = load_section(EngineConfig, saved_run_config(run_dir).get("engine", {}), [], f"{run_dir}/config.yaml")
         resolve_model(path)
         if baseline:
             resolve_model(_run_model(run_dir, baseline)[0])
@@ -162,13 +151,6 @@ def eval_(
     result = evaluate(RunDir(run_dir), it, path, engine, cfg, baseline=_run_model(run_dir, baseline)[0] if baseline else None)
     _print_eval(result)
     typer.echo(f"\nresults: {eval_path(RunDir(run_dir), it)}")
-
-
-def _run_config(run_dir: Path) -> dict:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _print_eval(result: dict) -> None:

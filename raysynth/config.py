@@ -400,6 +400,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return _validate(path, _RUN_ADAPTER, data)
 
 
+def saved_run_config(run_dir: Path) -> dict[str, Any]:
+    """The config a run was started with (`raysynth run` saves it as RUN_DIR/config.yaml); {} if none."""
+    path = Path(run_dir) / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
 def load_serve_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ServeConfig:
     """`raysynth serve` settings: a YAML file (optional) plus `a.b=value` overrides."""
     if path is None:

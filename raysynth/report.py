@@ -17,8 +17,9 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to PNG
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
+from raysynth.config import saved_run_config  # noqa: E402
+from raysynth.status import stage_rows  # noqa: E402
 from raysynth.store import RunDir, StageDir  # noqa: E402
 
 # Per recipe, the stages whose rows a person compares side by side: (before stage, after stage
@@ -53,17 +54,15 @@ def metric_rows(evals: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def stage_frame(run: RunDir) -> pd.DataFrame:
-    rows = []
-    for stage in run.stages():
-        stats = stage.stats()
-        seconds = stats.seconds or float("nan")
-        rows.append({"stage": f"{stage.path.parent.name}/{stage.name.rsplit('-', 1)[0]}",
-                     "state": "committed" if stage.committed else "partial", "rows in": stats.rows_in,
-                     "rows out": stats.rows_out, "dropped": sum(stats.rejected.values()),
-                     "reasons": dict(stats.rejected), "tokens out": stats.tokens_out,
-                     "seconds": round(stats.seconds, 1), "rows/s": round(stats.rows_in / seconds, 2),
-                     "tokens/s": round(stats.tokens_out / seconds, 1)})
-    return pd.DataFrame(rows)
+    def rounded(value: float | None, digits: int) -> float:
+        return float("nan") if value is None else round(value, digits)
+
+    return pd.DataFrame([{"stage": f"{row['iteration']}/{row['stage'].rsplit('-', 1)[0]}",
+                          "state": "committed" if row["committed"] else "partial", "rows in": row["rows_in"],
+                          "rows out": row["rows_out"], "dropped": sum(row["rejected"].values()),
+                          "reasons": row["rejected"], "tokens out": row["tokens_out"],
+                          "seconds": round(row["seconds"], 1), "rows/s": rounded(row["rows_per_s"], 2),
+                          "tokens/s": rounded(row["tokens_per_s"], 1)} for row in stage_rows(run.path)])
 
 
 def plot_metrics(metrics: pd.DataFrame) -> str:
@@ -172,8 +171,7 @@ table.grid th{background:#eef3f8} .pair{display:grid;grid-template-columns:1fr 1
 
 def build_report(run_dir: Path | str) -> dict[str, Path]:
     run = RunDir(run_dir)
-    config_path = run.path / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    config = saved_run_config(run.path)
     recipe = config.get("recipe", "?")
     evals, stages, trains = load_evals(run), stage_frame(run), training_runs(run)
     metrics = metric_rows(evals)

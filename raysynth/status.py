@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from raysynth.store import RunDir
+
+
+def stage_rows(run_dir: Path | str) -> list[dict[str, Any]]:
+    """Per stage, oldest first: the numbers behind `raysynth status` and the run report.
+    Rates are None for a stage that took no recorded time."""
+    rows = []
+    for stage in RunDir(run_dir).stages():
+        stats = stage.stats()
+        seconds = stats.seconds
+        rows.append({"iteration": stage.path.parent.name, "stage": stage.name, "committed": stage.committed,
+                     "rows_in": stats.rows_in, "rows_out": stats.rows_out, "rejected": dict(stats.rejected),
+                     "tokens_in": stats.tokens_in, "tokens_out": stats.tokens_out, "seconds": seconds,
+                     "rows_per_s": stats.rows_in / seconds if seconds > 0 else None,
+                     "tokens_per_s": stats.tokens_out / seconds if seconds > 0 else None})
+    return rows
 
 
 def stage_table(run_dir: Path | str) -> Table:
@@ -16,14 +32,13 @@ def stage_table(run_dir: Path | str) -> Table:
                    "tokens in", "tokens out", "seconds", "rows/s", "tokens/s"):
         table.add_column(column, justify="left" if column in ("iteration/stage", "state", "dropped (reason: n)")
                          else "right")
-    for stage in RunDir(run_dir).stages():
-        stats = stage.stats()
-        seconds = stats.seconds
-        rate = lambda n: f"{n / seconds:.1f}" if seconds > 0 else "-"  # noqa: E731
-        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(stats.rejected.items())) or "-"
-        table.add_row(f"{stage.path.parent.name}/{stage.name}", "committed" if stage.committed else "partial",
-                      str(stats.rows_in), str(stats.rows_out), dropped, str(stats.tokens_in),
-                      str(stats.tokens_out), f"{seconds:.1f}", rate(stats.rows_in), rate(stats.tokens_out))
+    for row in stage_rows(run_dir):
+        rate = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(row["rejected"].items())) or "-"
+        table.add_row(f"{row['iteration']}/{row['stage']}", "committed" if row["committed"] else "partial",
+                      str(row["rows_in"]), str(row["rows_out"]), dropped, str(row["tokens_in"]),
+                      str(row["tokens_out"]), f"{row['seconds']:.1f}", rate(row["rows_per_s"]),
+                      rate(row["tokens_per_s"]))
     return table
 
 

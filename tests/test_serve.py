@@ -27,7 +27,7 @@ def server(tmp_path_factory):
     from raysynth.config import ServeConfig
     from raysynth.models import resolve_model
     from raysynth.pipeline import init_ray
-    from raysynth.serve import start_server
+    from raysynth.serve import start_server, wait_until_healthy
 
     os.environ["RAYSYNTH_NO_PROGRESS"] = "1"
     os.environ.pop("RAY_ADDRESS", None)
@@ -44,23 +44,11 @@ def server(tmp_path_factory):
     cfg = ServeConfig(run_dir=root / "run", model=str(base), model_name="it-0", port=PORT, poll_s=0.5,
                       max_tokens_limit=256, num_cpus=0)
     start_server(cfg)
-    _wait_healthy()
+    wait_until_healthy(f"{BASE}/health", 300)
     yield {"run_dir": cfg.run_dir, "second": second}
     serve.shutdown()
     ray.shutdown()
     os.environ.pop("RAYSYNTH_API_KEY", None)
-
-
-def _wait_healthy(timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{BASE}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError("server did not become healthy")
 
 
 def client(key: str = KEY) -> openai.OpenAI:

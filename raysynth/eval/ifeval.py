@@ -9,6 +9,7 @@ directory and points NLTK there.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -26,8 +27,10 @@ def load_ifeval(path: Path | None, limit: int | None) -> list[dict[str, Any]]:
     return rows[:limit] if limit else rows
 
 
+@functools.cache
 def ensure_punkt_data() -> Path:
-    """An NLTK data directory holding punkt_tab/english, written once; NLTK is pointed at it."""
+    """An NLTK data directory holding punkt_tab/english, written once; NLTK is pointed at it (once a
+    process: the checks call this for every response)."""
     root = cache_dir() / "nltk_data"
     english = root / "tokenizers" / "punkt_tab" / "english"
     if not (english / "ortho_context.tab").is_file():

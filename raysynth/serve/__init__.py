@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from raysynth.config import ServeConfig
 from raysynth.models import EMBEDDED_MODEL, resolve_model
-from raysynth.train import register_model
+from raysynth.train import register_model, registered_models
 
 APP_NAME = "raysynth"
 
@@ -21,8 +22,7 @@ APP_NAME = "raysynth"
 def point_run_at(run_dir: Path, model: str, name: str | None = None) -> dict[str, Any]:
     """Make `model` (a name registered in the run, a model directory, the embedded model or a hub id)
     the run's current model, under `name`; returns the pointer entry."""
-    registry = run_dir / "models.json"
-    models = json.loads(registry.read_text()) if registry.is_file() else {}
+    models = registered_models(run_dir)
     if model in models:
         entry = models[model]
         return register_model(run_dir, name or entry["name"], Path(entry["path"]), entry["iteration"])
@@ -62,3 +62,18 @@ def start_server(cfg: ServeConfig) -> str:
     )
     serve.run(deployment.bind(cfg, str(cfg.run_dir.resolve())), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}"
+
+
+def wait_until_healthy(health_url: str, timeout_s: float = 600) -> None:
+    """Poll a server's health route until it answers 200 (model load takes tens of seconds on CPU)."""
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(health_url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{health_url} did not answer 200 within {timeout_s:.0f} s")

@@ -28,6 +28,7 @@ from raysynth.train.worker import METRICS_FILE, PROGRESS_FILE, train_loop_per_wo
 
 DONE_FILE = "_done.json"
 CURRENT_MODEL = "current_model.json"
+MODELS = "models.json"
 
 
 def data_fingerprint(path: Path) -> list[tuple[str, int]]:
@@ -146,13 +147,18 @@ def merge_checkpoint(hf_checkpoint: Path, base_model_dir: str, out: Path, lora: 
     os.replace(tmp, out)
 
 
+def registered_models(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The run's model registry (models.json): name -> {name, path, iteration, registered_at}."""
+    path = Path(run_dir) / MODELS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def register_model(run_dir: Path, name: str, model_dir: Path, iteration: int) -> dict[str, Any]:
     """Point the run's current model at `model_dir` (the server follows this file)."""
     entry = {"name": name, "path": str(Path(model_dir).resolve()), "iteration": iteration,
              "registered_at": time.time()}
-    models_path = run_dir / "models.json"
-    models = json.loads(models_path.read_text()) if models_path.is_file() else {}
+    models = registered_models(run_dir)
     models[name] = entry
-    atomic_write_json(models_path, models)
+    atomic_write_json(run_dir / MODELS, models)
     atomic_write_json(run_dir / CURRENT_MODEL, entry)
     return entry
