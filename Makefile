@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/raysynth run configs/condor-small.yaml --run-dir runs/condor-demo
+	$(BIN)/raysynth run configs/synpo-small.yaml --run-dir runs/synpo-demo
+	$(BIN)/raysynth report runs/synpo-demo
 
 # The report test renders report.html in headless Chromium (Debian's package; needs root or sudo).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -34,6 +35,7 @@ test: $(STAMP) browser
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/keywords.py
 
 clean:
 	rm -rf $(VENV) runs

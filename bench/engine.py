@@ -52,7 +52,7 @@ def bare(engine: EngineConfig, model_dir: str, sampling: SamplingConfig,
 
     from raysynth.engine import chat_token_ids, engine_kwargs, sampling_params, token_prompt
 
-    llm = LLM(**engine_kwargs(engine, model_dir, sampling.seed))
+    llm = LLM(**engine_kwargs(engine, model_dir, sampling.seed, offline=True))
     tok = llm.get_tokenizer()
     ids = [chat_token_ids(tok, [{"role": "user", "content": p}]) for p in prompts]
     generate_started = time.time()

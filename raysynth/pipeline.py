@@ -106,25 +106,43 @@ def parse_and_commit(batch: pd.DataFrame, step: LLMStep, stage_dir: str, lineage
     return pd.DataFrame([{"rows_in": len(batch), "rows_out": len(kept), "tokens_out": tokens_out}])
 
 
-def _progress(stage: StageDir, total: int, done: int, label: str) -> tqdm:
+def _progress(total: int | None, done: int, label: str) -> tqdm:
     return tqdm(total=total, initial=done, desc=label, unit="row", dynamic_ncols=True,
                 mininterval=1.0, disable=os.environ.get("RAYSYNTH_NO_PROGRESS") == "1")
 
 
 def run_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], source: StageDir,
-               batch_size: int, label: str, add_ops: Callable[[Any, StageDir], Any]) -> StageDir:
+              batch_size: int, label: str, add_ops: Callable[[Any, StageDir], Any]) -> StageDir:
     """Skip if committed, else stream the source's uncommitted rows through `add_ops` (which ends
     in a commit task yielding one stats row per batch) and commit the stage when all are done."""
     stage = open_stage(run, iteration, name, identity)
     if stage.committed:
         return stage
-    done = stage.done_inputs()
     files = source.part_files()
     total = int(source.manifest()["rows_out"])
+    read = (lambda: ray.data.read_parquet(files)) if files else None
+    _stream(stage, read, total, batch_size, label, add_ops)
+    return finish_stage(stage, identity, total)
+
+
+def run_read_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], read: Callable[[], Any],
+                   batch_size: int, label: str, add_ops: Callable[[Any, StageDir], Any]) -> StageDir:
+    """`run_stage` over rows read from outside the run (a corpus of any size): `read()` gives a
+    Dataset whose rows carry a stable `id`; the total is known only when the stream has ended."""
+    stage = open_stage(run, iteration, name, identity)
+    if stage.committed:
+        return stage
+    _stream(stage, read, None, batch_size, label, add_ops)
+    return finish_stage(stage, identity, stage.done_count())
+
+
+def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, batch_size: int, label: str,
+            add_ops: Callable[[Any, StageDir], Any]) -> None:
+    done = stage.done_inputs()
     started, session = time.time(), f"{os.getpid()}-{time.time():.0f}"
-    bar = _progress(stage, total, len(done), label)
-    if files and len(done) < total:
-        ds = ray.data.read_parquet(files)
+    bar = _progress(total, len(done), label)
+    if read is not None and (total is None or len(done) < total):
+        ds = read()
         if done:
             ds = ds.filter(lambda row: row["id"] not in done)
         # Blocks of batch_size rows: an actor emits a block only when all of it is processed, so the
@@ -135,7 +153,6 @@ def run_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], 
             stage.record_time(session, started)
     bar.close()
     stage.record_time(session, started)
-    return finish_stage(stage, identity, total)
 
 
 def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, engine: EngineConfig,
@@ -208,7 +225,7 @@ def commit_decisions(stage: StageDir, name: str, lineage: Lineage, rows: list[di
 
 
 def finish_stage(stage: StageDir, identity: dict[str, Any], total: int) -> StageDir:
-    missing = total - len(stage.done_inputs())
+    missing = total - stage.done_count()
     if missing:
         raise RuntimeError(f"{stage.path}: {missing} input rows were not committed; re-run to resume")
     manifest = stage.commit(identity)

@@ -24,7 +24,9 @@ from raysynth.store import RunDir, StageDir  # noqa: E402
 
 # Per recipe, the stages whose rows a person compares side by side: (before stage, after stage
 # prefix, prompt column, text column). The after row is traced to its before row by parent ids.
-SIDE_BY_SIDE = {"condor": ("answer", "refine-", "question", "answer")}
+# recipe -> (before stage, after stage prefix, prompt column, before text column, after text column)
+SIDE_BY_SIDE = {"condor": ("answer", "refine-", "question", "answer", "answer"),
+                "synpo": ("answer", "improve", "prompt", "response", "improved")}
 
 
 def _png(fig) -> str:
@@ -130,7 +132,7 @@ def side_by_side(run: RunDir, recipe: str, limit: int = 8) -> list[dict[str, Any
     """Sample rows of the after stage with the row they came from in the before stage."""
     if recipe not in SIDE_BY_SIDE:
         return []
-    before_name, after_prefix, prompt_col, text_col = SIDE_BY_SIDE[recipe]
+    before_name, after_prefix, prompt_col, before_col, after_col = SIDE_BY_SIDE[recipe]
     pairs: list[dict[str, Any]] = []
     for iteration_dir in sorted(run.path.glob("iter-*")):
         stages = [StageDir(d) for d in iteration_dir.iterdir() if (d / "_identity.json").exists()]
@@ -141,14 +143,14 @@ def side_by_side(run: RunDir, recipe: str, limit: int = 8) -> list[dict[str, Any
         parents: dict[str, str] = {}
         for stage in stages:
             parents.update(dict(stage.read(["id", "parent_id"]).values.tolist()))
-        originals = before[0].read(["id", text_col]).set_index("id")[text_col].to_dict()
+        originals = before[0].read(["id", before_col]).set_index("id")[before_col].to_dict()
         for row in after[-1].read().head(limit).to_dict("records"):
             node = row["id"]
             while node in parents and node not in originals:
                 node = parents[node]
             if node in originals:
                 pairs.append({"iteration": iteration_dir.name, "prompt": row.get(prompt_col, ""),
-                              "before": originals[node], "after": row[text_col]})
+                              "before": originals[node], "after": row[after_col]})
     return pairs
 
 

@@ -115,6 +115,11 @@ class StageDir:
     def done_inputs(self) -> set[str]:
         return {i for m in self.markers() for i in m["inputs"]}
 
+    def done_count(self) -> int:
+        """Inputs committed so far (markers never overlap: a re-run skips committed inputs), without
+        holding every id at once."""
+        return sum(len(m["inputs"]) for m in self.markers())
+
     def part_files(self) -> list[str]:
         return sorted(str(p) for p in self.path.glob("part-*.parquet"))
 

@@ -1,5 +1,5 @@
 """Recipes by config name. Each is one function `run(cfg) -> export summary`."""
 
-from raysynth.recipes import condor
+from raysynth.recipes import condor, synpo
 
-RECIPES = {"condor": condor.run}
+RECIPES = {"condor": condor.run, "synpo": synpo.run}

@@ -154,10 +154,14 @@ def registered_models(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def register_model(run_dir: Path, name: str, model_dir: Path, iteration: int) -> dict[str, Any]:
-    """Point the run's current model at `model_dir` (the server follows this file)."""
-    entry = {"name": name, "path": str(Path(model_dir).resolve()), "iteration": iteration,
-             "registered_at": time.time()}
+    """Point the run's current model at `model_dir` (the server follows this file). Registering the
+    same name and directory again (a resumed run passing an iteration it had finished) changes nothing,
+    so a running server is not sent back to an older model."""
+    path = str(Path(model_dir).resolve())
     models = registered_models(run_dir)
+    if models.get(name, {}).get("path") == path and (run_dir / CURRENT_MODEL).is_file():
+        return models[name]
+    entry = {"name": name, "path": path, "iteration": iteration, "registered_at": time.time()}
     models[name] = entry
     atomic_write_json(run_dir / MODELS, models)
     atomic_write_json(run_dir / CURRENT_MODEL, entry)

@@ -1,0 +1,204 @@
+"""SynPO (arXiv 2410.06961), its figure 2 and algorithm 1:
+
+  seed SFT data --(2 keywords of a prompt + 1 noise keyword -> the prompt)--> SFT --> self-prompt generator
+  corpus paragraphs --> keyword-list pool (3 keywords a paragraph)                            [once]
+  iteration t = 1..T, with policy M_{t-1} (M_0 = the initial model):
+    keyword lists --generator--> synthetic prompts (empty / over-long / near-duplicate dropped)
+    M_{t-1} answers the synthetic prompts and the seed prompts
+    seed (prompt, M_{t-1}'s answer -> gold) where the scorer prefers gold by the gap --> SFT of the
+      initial model --> response improver R_t
+    R_t rewrites each answer --> (improved, original) scored; gap + repetition filters
+    up to `pairs_per_iteration` kept pairs join the accumulated set --> SimPO of the initial model --> M_t
+    evaluate M_t against M_0; register M_t as the run's current model (a running server swaps to it)
+
+`pair_builder` swaps the last three steps for the paper's baselines: sampling_ranking (best vs
+worst of n samples by the scorer) or seed_po (gold as chosen, M_{t-1}'s answer as rejected).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raysynth.config import EngineConfig, SynpoRun
+from raysynth.eval import evaluate
+from raysynth.export import export_preferences, export_sft, select_pairs
+from raysynth.keywords import candidates, run_keyword_pool, run_keyword_sample
+from raysynth.models import resolve_model
+from raysynth.pipeline import Lineage, finish_stage, open_stage, run_llm_stage, write_source_stage
+from raysynth.score.filter_stage import run_filter_stage
+from raysynth.score.stage import filter_and_commit, run_pair_scores
+from raysynth.steps import PACKAGE_DIR
+from raysynth.steps.synpo import generator_keywords, generator_message, improver_message, synpo_steps, templates
+from raysynth.store import RunDir, StageDir, atomic_write_parquet, stable_hash
+from raysynth.train import register_model, train_model
+
+RECIPE = "synpo"
+SHIPPED_SEED = PACKAGE_DIR / "data" / "synpo_seed_alpaca.jsonl"
+SHIPPED_CORPUS = PACKAGE_DIR / "data" / "synpo_paragraphs.jsonl"
+
+
+def seed_rows(path: Path | None, limit: int | None) -> list[dict[str, str]]:
+    """(prompt, gold) rows: Alpaca's instruction + input and output, or prompt/response rows."""
+    rows = []
+    with open(path or SHIPPED_SEED) as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if "instruction" in item:
+                prompt = item["instruction"] + (f"\n\n{item['input']}" if item.get("input") else "")
+                rows.append({"prompt": prompt, "gold": item["output"]})
+            else:
+                rows.append({"prompt": item["prompt"], "gold": item["response"]})
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def generator_rows(seeds: list[dict[str, str]], keyword_cfg, template: str, seed: int) -> list[dict[str, Any]]:
+    """The self-prompt generator's SFT rows: shuffled (2 prompt keywords + 1 noise keyword) -> prompt."""
+    words = [candidates(row["prompt"], keyword_cfg) for row in seeds]
+    rng = random.Random(seed)
+    rows = []
+    for i, row in enumerate(seeds):
+        other = rng.choice([j for j in range(len(seeds)) if j != i]) if len(seeds) > 1 else i
+        keywords = generator_keywords(words[i], [w for w in words[other] if w not in words[i]], rng)
+        if keywords:
+            rows.append({"prompt": row["prompt"], "keywords": keywords,
+                         "generator_input": generator_message(keywords, template)})
+    return rows
+
+
+def best_worst(scored: pd.DataFrame) -> list[dict[str, Any]]:
+    """Sampling-ranking: per prompt, the best and the worst sample by score against sample 0 (which
+    scores 0 against itself) as (chosen, rejected) with their score gap."""
+    pairs = []
+    for prompt_id, group in scored.groupby("prompt_id"):
+        first = group.iloc[0]
+        ranked = [(0.0, str(first["reference"]))] + list(zip(group["score_a"].astype(float), group["response"].astype(str)))
+        ranked.sort(key=lambda item: item[0])
+        (low, worst), (high, best) = ranked[0], ranked[-1]
+        pairs.append({"prompt_id": prompt_id, "prompt": str(first["prompt"]), "chosen": best, "rejected": worst,
+                      "score_a": high, "score_b": low, "score_gap": high - low, "score_error": ""})
+    return pairs
+
+
+def run(cfg: SynpoRun) -> dict[str, Any]:
+    run_dir, s = RunDir(cfg.run_dir), cfg.synpo
+    initial, initial_dir = cfg.engine.model, resolve_model(cfg.engine.model)
+    steps, text = synpo_steps(s), templates()
+    judge = s.judge_model or initial
+    judge_engine, judge_dir = cfg.engine.model_copy(update={"model": judge}), resolve_model(judge)
+
+    def on(model: str) -> tuple[EngineConfig, str]:
+        return cfg.engine.model_copy(update={"model": model}), resolve_model(model)
+
+    # Self-prompt generator: the initial model fine-tuned once on keywords -> seed prompt.
+    lineage = Lineage(RECIPE, 0, initial)
+    seed_list = seed_rows(s.seed_data, s.seed_limit)
+    seeds = write_source_stage(run_dir, 0, "seed", seed_list, {"rows": stable_hash(seed_list)}, lineage)
+    made = generator_rows(seed_list, s.keywords, text["generate_prompt"], cfg.seed)
+    generator_data = write_source_stage(run_dir, 0, "generator-data", made, {"rows": stable_hash(made)}, lineage)
+    generator_sft = export_sft(generator_data, run_dir.iteration_dir(0) / "generator-sft", "generator_input", "prompt")
+    generator = str(train_model(s.generator_train, Path(str(generator_sft["parquet"])), initial, initial_dir,
+                                run_dir.iteration_dir(0), cfg.engine.trust_remote_code))
+    corpus = s.corpus or [str(SHIPPED_CORPUS)]
+    pool = run_keyword_pool(run_dir, corpus, s.text_column, s.keywords, cfg.seed, lineage)
+    if cfg.eval is not None:
+        evaluate(run_dir, 0, initial, cfg.engine, cfg.eval)
+
+    policy, selections, summary = initial, [], {"iterations": []}
+    for t in range(1, s.iterations + 1):
+        lineage = Lineage(RECIPE, t, policy)
+        keywords = run_keyword_sample(run_dir, t, pool, s.prompts_per_iteration, s.keywords, cfg.seed, lineage)
+        generated = run_llm_stage(run_dir, t, steps["generate_prompt"], keywords, *on(generator),
+                                  Lineage(RECIPE, t, generator))
+        prompts = run_filter_stage(run_dir, t, "prompt-filter", generated, "prompt", s.prompt_filter, lineage)
+        if s.pair_builder == "seed_po":
+            pairs, chosen, rejected = seed_preferences(run_dir, t, seeds, cfg, policy, judge_engine, judge_dir), "gold", "response"
+        elif s.pair_builder == "sampling_ranking":
+            pairs, chosen, rejected = ranked_pairs(run_dir, t, prompts, cfg, policy, judge_engine, judge_dir), "chosen", "rejected"
+        else:
+            # Response improver R_t: the initial model trained on seed (prompt, M_{t-1} answer) -> gold,
+            # where the scorer rates gold above the answer by the gap (appendix C.2).
+            improver_data = seed_preferences(run_dir, t, seeds, cfg, policy, judge_engine, judge_dir)
+            improver_sft = export_sft(improver_data, run_dir.iteration_dir(t) / "improver-sft", "prompt", "gold",
+                                      user_text=lambda row: improver_message(str(row["prompt"]), str(row["response"]),
+                                                                             text["improve"]))
+            improver = str(train_model(s.improver_train, Path(str(improver_sft["parquet"])), initial, initial_dir,
+                                       run_dir.iteration_dir(t), cfg.engine.trust_remote_code))
+            answers = run_llm_stage(run_dir, t, steps["answer"], prompts, *on(policy), lineage)
+            improved = run_llm_stage(run_dir, t, steps["improve"], answers, *on(improver), Lineage(RECIPE, t, improver))
+            pairs = run_pair_scores(run_dir, t, "pairs", improved, s.scorer, ("prompt", "improved", "response"),
+                                    lineage, judge_engine, judge_dir)
+            chosen, rejected = "improved", "response"
+
+        selection = run_dir.iteration_dir(t) / "preferences" / "selected.parquet"
+        selection.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_parquet(selection, select_pairs(pairs, chosen, rejected, s.pairs_per_iteration, cfg.seed))
+        selections.append(selection)
+        data = export_preferences(selections, selection.with_name("accumulated.parquet"))
+        step = {"iteration": t, "prompts": int(prompts.manifest()["rows_out"]), "pairs": data["rows"]}
+        summary["iterations"].append(step)
+        if not data["rows"]:
+            print(f"[skip] iteration {t}: no preference pairs were kept; the policy stays {policy}")
+            continue
+        # SimPO of the initial model on all synthetic pairs so far (the paper retrains M_0 each time).
+        model = train_model(cfg.train, Path(data["parquet"]), initial, initial_dir, run_dir.iteration_dir(t),
+                            cfg.engine.trust_remote_code)
+        policy = register_model(run_dir.path, f"{RECIPE}-iter-{t:02d}", model, t)["path"]
+        step["model"] = policy
+        if cfg.eval is not None:
+            texts = [str(p) for p in prompts.read(["prompt"])["prompt"]]
+            evaluate(run_dir, t, policy, cfg.engine, cfg.eval, baseline=initial, texts=texts)
+    if policy != initial:
+        summary["model"] = policy
+    return summary
+
+
+def seed_preferences(run_dir: RunDir, t: int, seeds: StageDir, cfg: SynpoRun, policy: str,
+                     judge_engine: EngineConfig, judge_dir: str) -> StageDir:
+    """M_{t-1} answers the seed prompts; rows where the scorer prefers the gold answer by the gap."""
+    engine, model_dir = cfg.engine.model_copy(update={"model": policy}), resolve_model(policy)
+    lineage = Lineage(RECIPE, t, policy)
+    answer = replace(synpo_steps(cfg.synpo)["answer"], name="seed-answer",
+                     sampling=cfg.synpo.steps.answer.model_copy(update={"n": 1}))
+    answers = run_llm_stage(run_dir, t, answer, seeds, engine, model_dir, lineage)
+    return run_pair_scores(run_dir, t, "seed-pairs", answers, cfg.synpo.scorer, ("prompt", "gold", "response"),
+                           lineage, judge_engine, judge_dir)
+
+
+def ranked_pairs(run_dir: RunDir, t: int, prompts: StageDir, cfg: SynpoRun, policy: str,
+                 judge_engine: EngineConfig, judge_dir: str) -> StageDir:
+    """Sampling-ranking baseline: n samples per prompt, each scored against sample 0 with the
+    configured scorer, best vs worst kept when their gap passes the threshold."""
+    engine, model_dir = cfg.engine.model_copy(update={"model": policy}), resolve_model(policy)
+    lineage = Lineage(RECIPE, t, policy)
+    answers = run_llm_stage(run_dir, t, synpo_steps(cfg.synpo)["answer"], prompts, engine, model_dir, lineage)
+    frame = answers.read(["id", "parent_id", "sample", "prompt", "response"]).sort_values(["parent_id", "sample"])
+    rows = []
+    for prompt_id, group in frame.groupby("parent_id"):
+        reference = str(group.iloc[0]["response"])
+        rows += [{"prompt_id": prompt_id, "prompt": str(r["prompt"]), "response": str(r["response"]),
+                  "reference": reference} for r in group.iloc[1:].to_dict("records")]
+    versus = write_source_stage(run_dir, t, "ranking-candidates", rows, {"input": answers.name}, lineage)
+    unfiltered = cfg.synpo.scorer.model_copy(update={"gap_threshold": -1e9, "max_repetition": None})
+    scored = run_pair_scores(run_dir, t, "ranking-scores", versus, unfiltered, ("prompt", "response", "reference"),
+                             lineage, judge_engine, judge_dir)
+    best = best_worst(scored.read())
+    identity = {"input": scored.name, "scorer": cfg.synpo.scorer.model_dump(mode="json")}
+    stage = open_stage(run_dir, t, "pairs", identity)
+    if not stage.committed:
+        frame = pd.DataFrame(best, columns=["prompt_id", "prompt", "chosen", "rejected", "score_a", "score_b",
+                                            "score_gap", "score_error"])
+        frame["id"] = frame["prompt_id"]
+        filter_and_commit(frame, "pairs", str(stage.path), lineage, cfg.synpo.scorer.threshold,
+                          cfg.synpo.scorer.max_repetition, "chosen")
+        finish_stage(stage, identity, len(frame))
+    return stage

@@ -1,0 +1,135 @@
+"""SynPO end to end on the real engine: two iterations of generator -> prompts -> answers -> improver
+-> judged pairs -> SimPO -> evaluation, with the driver killed in the middle of iteration 1 and the
+run resumed; then the report. One run, since each costs minutes on a 2-core CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raysynth.store import RunDir, StageDir
+from tests.conftest import REPO, raysynth_cmd, run_raysynth
+
+pytestmark = pytest.mark.slow
+
+# batch_size 2 so every stage has several batches to be killed between; greedy where the test compares.
+TINY_SYNPO = """\
+recipe: synpo
+run_dir: {run_dir}
+seed: 0
+engine:
+  model: smollm2-135m
+  batch_size: 2
+synpo:
+  seed_data: {shared}/data/seed/alpaca_3k.jsonl
+  seed_limit: 12
+  corpus: [{shared}/data/corpus/paragraphs.jsonl]
+  iterations: 2
+  prompts_per_iteration: 8
+  pairs_per_iteration: 6
+  scorer: {{kind: llm_judge, gap_threshold: 0, judge: {{pairwise: {{max_tokens: 64}}, max_explanation_chars: 80}}}}
+  steps:
+    generate_prompt: {{max_tokens: 48}}
+    answer: {{max_tokens: 48}}
+    improve: {{max_tokens: 64}}
+  generator_train: {{max_steps: 2, save_steps: 2}}
+  improver_train: {{max_steps: 2, save_steps: 2}}
+train: {{method: simpo, max_steps: 2, save_steps: 2}}
+eval:
+  limit: 6
+  generation: {{max_tokens: 48}}
+  judge: {{pairwise: {{max_tokens: 64}}, max_explanation_chars: 80}}
+"""
+
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="module")
+def synpo_run(tmp_path_factory):
+    if not (SHARED / "data" / "corpus" / "paragraphs.jsonl").is_file():
+        pytest.skip("needs ../shared/data (the test corpus and seed data)")
+    directory = tmp_path_factory.mktemp("synpo")
+    run_dir = directory / "run"
+    config = directory / "tiny-synpo.yaml"
+    config.write_text(TINY_SYNPO.format(run_dir=run_dir, shared=SHARED))
+
+    # Kill the driver once a stage of iteration 1 is partly committed, as a crash would.
+    env = {**os.environ, "RAYSYNTH_NO_PROGRESS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(raysynth_cmd("run", str(config)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    killed_in = None
+    try:
+        deadline = time.time() + 1500
+        while proc.poll() is None and time.time() < deadline:
+            partial = [d for d in (run_dir / "iter-01").glob("*-*") if (d / "_done").is_dir()
+                       and not (d / "_stage.json").exists() and any((d / "_done").glob("*.json"))]
+            if partial:
+                killed_in = StageDir(partial[0])
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.3)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # Ray's local processes the dead driver left behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert killed_in is not None, "the run ended before a stage of iteration 1 was partly done"
+    markers_at_kill = {m.name for m in (killed_in.path / "_done").glob("*.json")}
+    result = run_raysynth("run", str(config), timeout=2400)
+    return {"run_dir": run_dir, "killed_in": killed_in, "markers_at_kill": markers_at_kill, "output": result.stdout}
+
+
+def test_resumed_in_the_stage_it_was_killed_in_without_loss_or_duplicates(synpo_run):
+    killed = synpo_run["killed_in"]
+    assert killed.committed
+    assert synpo_run["markers_at_kill"] <= {m.name for m in (killed.path / "_done").glob("*.json")}  # kept
+    for stage in RunDir(synpo_run["run_dir"]).stages():
+        manifest = stage.manifest()
+        ids = stage.read(["id"])["id"]
+        assert ids.is_unique, stage.name
+        assert len(ids) == manifest["rows_out"], stage.name
+        assert stage.done_count() == len(stage.done_inputs()), stage.name  # no input committed twice
+
+
+def test_two_iterations_train_register_and_evaluate(synpo_run):
+    run_dir = synpo_run["run_dir"]
+    current = json.loads((run_dir / "current_model.json").read_text())
+    assert current["name"] == "synpo-iter-02" and Path(current["path"], "config.json").is_file()
+    trained = {p.parent.parent.name + "/" + json.loads(p.read_text())["method"]
+               for p in run_dir.glob("iter-*/*/_done.json")}
+    assert {"iter-00/sft", "iter-01/sft", "iter-01/simpo", "iter-02/sft", "iter-02/simpo"} <= trained
+    first = pd.read_parquet(run_dir / "iter-01" / "preferences" / "selected.parquet")
+    accumulated = pd.read_parquet(run_dir / "iter-02" / "preferences" / "accumulated.parquet")
+    assert set(first["id"]) <= set(accumulated["id"]) and accumulated["id"].is_unique
+    assert 0 < len(first) <= 6
+    for t in (0, 1, 2):
+        result = json.loads((run_dir / "eval" / f"iter-{t:02d}.json").read_text())
+        strict = result["ifeval"]["prompt_strict"]
+        assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 6
+        if t:
+            assert result["winrate"]["baseline"] == "smollm2-135m"
+            assert result["winrate"]["win_rate"]["n"] > 0
+            assert result["diversity"]["near_duplicate_rate"]["n"] > 0
+    # The improver rewrote the policy's answers; keyword lists of the two iterations are disjoint.
+    rd = RunDir(run_dir)
+    lists = [set(s.read(["parent_id"])["parent_id"]) for s in rd.stages() if s.name.startswith("keywords-")]
+    assert len(lists) == 2 and not lists[0] & lists[1]
+
+
+def test_report_shows_prompts_pairs_loss_and_metrics(synpo_run):
+    run_dir = synpo_run["run_dir"]
+    run_raysynth("report", str(run_dir))
+    page = (run_dir / "report.html").read_text()
+    summary = (run_dir / "summary.md").read_text()
+    for stage in ("1/prompts", "2/prompts", "1/pairs", "2/pairs", "1/seed-pairs"):
+        assert f">{stage}<" in page, stage
+    assert "simpo" in page and "win rate vs iteration 0" in page and "ifeval prompt strict" in page
+    assert "Samples before and after refinement" in page and "<b>after</b>" in page
+    assert "win rate vs `smollm2-135m`" in summary and "## Iteration 2" in summary

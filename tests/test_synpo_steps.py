@@ -1,0 +1,145 @@
+"""SynPO's pure pieces on fixed strings: keyword extraction and exclusion, the iteration bands, the
+generator's training keywords, prompt and improvement parsing, sampling-ranking, seed loading,
+config errors."""
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raysynth.config import ConfigError, KeywordConfig, load_config
+from raysynth.keywords import candidates, in_band, keyword_reason, list_reason, pick_keywords
+from raysynth.recipes.synpo import SHIPPED_CORPUS, SHIPPED_SEED, best_worst, generator_rows, seed_rows
+from raysynth.steps import Rejection
+from raysynth.steps.synpo import (clean_reply, generator_keywords, parse_generated_prompt, parse_improved,
+                                  synpo_steps, templates)
+
+PARAGRAPH = ("The Amazon rainforest covers much of the Amazon basin of South America. The basin holds "
+             "seven million square kilometres, of which rainforest covers five and a half million. "
+             "Deforestation by cattle ranching and soybean farming threatens the rainforest ecosystem.")
+
+
+def test_yake_candidates_are_phrases_of_the_paragraph():
+    found = candidates(PARAGRAPH, KeywordConfig())
+    assert 3 <= len(found) <= 10
+    assert all(word.lower() in PARAGRAPH.lower() for keyword in found for word in keyword.split())
+
+
+def test_pick_is_seeded_by_the_paragraph():
+    found = ["a1", "b2", "c3", "d4", "e5"]
+    assert pick_keywords(found, 3, "p1", 0) == pick_keywords(found, 3, "p1", 0)
+    picks = {tuple(pick_keywords(found, 3, f"p{i}", 0)) for i in range(20)}
+    assert len(picks) > 3 and all(len(set(p)) == 3 for p in picks)
+
+
+@pytest.mark.parametrize("keyword, reason", [
+    ("Daniel Radcliffe", "personal_name"), ("Harry", "personal_name"), ("the", "stopword"),
+    ("machine learning", None), ("Pan American", None), ("London", None), ("Bush", None),
+    ("harry", None),  # lower case: a word, not a name
+])
+def test_keyword_exclusion(keyword, reason):
+    assert keyword_reason(keyword) == reason
+
+
+def test_a_list_is_excluded_by_its_first_bad_keyword():
+    assert list_reason(["soybean farming", "Daniel Radcliffe", "the"]) == "personal_name"
+    assert list_reason(["soybean farming", "rainforest"]) is None
+
+
+def test_iteration_bands_are_disjoint_and_about_the_fraction():
+    ids = [f"id{i}" for i in range(4000)]
+    bands = [{i for i in ids if in_band(i, 0, t, 0.1)} for t in (1, 2, 3)]
+    assert all(320 < len(b) < 480 for b in bands)
+    assert not bands[0] & bands[1] and not bands[1] & bands[2]
+    assert {i for i in ids if in_band(i, 0, 1, 1.0)} == set(ids)
+    assert bands[0] == {i for i in ids if in_band(i, 0, 11, 0.1)}  # wraps around after 1 / fraction
+
+
+def test_generator_keywords_two_of_the_prompt_and_one_noise():
+    rng = random.Random(0)
+    made = generator_keywords(["alpha", "beta", "gamma"], ["noise"], rng)
+    assert len(made) == 3 and "noise" in made and len({"alpha", "beta", "gamma"} & set(made)) == 2
+    assert generator_keywords(["alpha"], ["noise"], rng) is None
+    assert generator_keywords(["alpha", "beta"], [], rng) is None
+
+
+def test_generator_rows_fill_the_template():
+    seeds = [{"prompt": "Describe the water cycle of tropical rainforests in simple terms.", "gold": "x"},
+             {"prompt": "Write a poem about autumn leaves falling in a quiet city park.", "gold": "y"}]
+    rows = generator_rows(seeds, KeywordConfig(), templates()["generate_prompt"], 0)
+    assert len(rows) == 2
+    for row in rows:
+        assert all(k in row["generator_input"] for k in row["keywords"])
+        assert row["prompt"] in {s["prompt"] for s in seeds}
+
+
+def test_prompt_and_improvement_parsing():
+    assert clean_reply('Request: "Explain photosynthesis to a child."') == "Explain photosynthesis to a child."
+    assert clean_reply("**Improved response:** Better text.") == "Better text."
+    assert parse_generated_prompt("  Explain tides.  ", {}, 100) == [{"prompt": "Explain tides."}]
+    with pytest.raises(Rejection, match="empty"):
+        parse_generated_prompt('""', {}, 100)
+    with pytest.raises(Rejection, match="too_long"):
+        parse_generated_prompt("x" * 101, {}, 100)
+    assert parse_improved("Improved response: Tides come from the moon.", {}) == [{"improved": "Tides come from the moon."}]
+    with pytest.raises(Rejection, match="empty"):
+        parse_improved("   ", {})
+
+
+def test_step_messages_use_the_templates():
+    from raysynth.config import SynpoConfig
+
+    steps = synpo_steps(SynpoConfig())
+    generate = steps["generate_prompt"].build({"keywords": ["tides", "moon", "piano"]}, steps["generate_prompt"].template)
+    assert "tides, moon, piano" in generate[0]["content"]
+    improve = steps["improve"].build({"prompt": "Why tides?", "response": "Moon."}, steps["improve"].template)
+    assert "Why tides?" in improve[0]["content"] and "Moon." in improve[0]["content"]
+    assert steps["answer"].build({"prompt": "Why tides?"}, steps["answer"].template)[0]["content"].strip() == "Why tides?"
+
+
+def test_best_worst_ranks_against_sample_zero():
+    scored = pd.DataFrame([
+        {"prompt_id": "p", "prompt": "q", "response": "s1", "reference": "s0", "score_a": 0.4},
+        {"prompt_id": "p", "prompt": "q", "response": "s2", "reference": "s0", "score_a": -0.3},
+        {"prompt_id": "r", "prompt": "q2", "response": "t1", "reference": "t0", "score_a": -0.5},
+    ])
+    pairs = {p["prompt_id"]: p for p in best_worst(scored)}
+    assert (pairs["p"]["chosen"], pairs["p"]["rejected"]) == ("s1", "s2")
+    assert pairs["p"]["score_gap"] == pytest.approx(0.7)
+    assert (pairs["r"]["chosen"], pairs["r"]["rejected"]) == ("t0", "t1")  # the reference itself can win
+
+
+def test_seed_rows_read_alpaca_and_prompt_response(tmp_path: Path):
+    rows = seed_rows(None, 5)
+    assert len(rows) == 5 and all(r["prompt"] and r["gold"] for r in rows)
+    path = tmp_path / "seed.jsonl"
+    path.write_text(json.dumps({"instruction": "Add.", "input": "2 + 2", "output": "4"}) + "\n"
+                    + json.dumps({"prompt": "Hi?", "response": "Hello."}) + "\n")
+    assert seed_rows(path, None) == [{"prompt": "Add.\n\n2 + 2", "gold": "4"}, {"prompt": "Hi?", "gold": "Hello."}]
+    assert SHIPPED_SEED.is_file() and SHIPPED_CORPUS.is_file()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("synpo:\n  pair_builder: sampling_ranking\n", r"field 'synpo'.*steps.answer.n >= 2"),
+    ("synpo:\n  corpus: [missing.jsonl]\n", r"field 'synpo.corpus': not found: .*missing.jsonl"),
+    ("train: {method: sft}\n", r"field 'train': expected a preference method"),
+    ("synpo:\n  prompts_per_iteration: 0\n", r"field 'synpo.prompts_per_iteration'"),
+])
+def test_config_errors_name_the_file_and_field(tmp_path: Path, body: str, message: str):
+    path = tmp_path / "synpo.yaml"
+    path.write_text("recipe: synpo\n" + body)
+    with pytest.raises(ConfigError, match=r"synpo.yaml: .*" + message):
+        load_config(path)
+
+
+def test_shipped_synpo_configs_validate():
+    repo = Path(__file__).resolve().parent.parent
+    small = load_config(repo / "configs" / "synpo-small.yaml")
+    assert small.synpo.iterations == 1 and small.synpo.scorer.kind == "llm_judge"
+    # The cluster job names cluster paths; everything else must validate here.
+    job = load_config(repo / "jobs" / "synpo.yaml", ["synpo.seed_data=null", "synpo.corpus=null"])
+    assert (job.synpo.prompts_per_iteration, job.synpo.pairs_per_iteration, job.synpo.iterations) == (50000, 10000, 4)
+    assert job.synpo.scorer.threshold == 0.20 and job.synpo.improver_train.max_length == 6000
+    assert job.engine.num_gpus == 1 and job.train.method == "simpo"
