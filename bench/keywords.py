@@ -3,8 +3,9 @@
 Builds a keyword pool from real YAKE keyword lists of the shipped corpus (the pool stage itself),
 tiles it to each size with distinct ids, then streams every list through the sampling stage
 (`run_keyword_sample` with a sample fraction of 1: sampling, name and stopword exclusion, commit).
-Prints lists/s and the peak resident memory of the driver plus every Ray process for each size;
-streaming means memory should grow less than 20% from the first size to the second.
+Prints lists/s and the peak resident memory of the driver plus every Ray process for each size
+(after a 20,000-list warm-up that starts Ray's workers); streaming means memory should grow less
+than 20% from the first size to the second.
 
     .venv/bin/python bench/keywords.py [--sizes 100000 1000000] [--out bench/results-keywords.txt]
 """
@@ -93,6 +94,10 @@ def main() -> None:
         real = [[str(k) for k in ks] for ks in pool.read(["keywords"])["keywords"]]
         lines.append(f"pool stage: {len(real)} real keyword lists from {SHIPPED_CORPUS.name} in "
                      f"{time.time() - started:.1f} s (YAKE)")
+        # A small warm-up pass first, so that both measured sizes find Ray's worker processes started.
+        warm = run_keyword_sample(run, 1, tiled_pool(run, "pool-warmup", real, 20_000, lineage), 20_000,
+                                  cfg.model_copy(update={"oversample": 1.0}), 0, Lineage("bench", 1, "-"), name="warmup")
+        lines.append(f"warm-up: {warm.manifest()['rows_in']:,} lists")
         peaks = []
         for size in args.sizes:
             source = tiled_pool(run, f"pool-{size}", real, size, lineage)

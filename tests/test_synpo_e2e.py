@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from raysynth.models import resolve_model
 from raysynth.store import RunDir, StageDir
-from tests.conftest import REPO, raysynth_cmd, run_raysynth
+from conftest import REPO, raysynth_cmd, run_raysynth
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +28,11 @@ engine:
   batch_size: 2
 synpo:
   seed_data: {shared}/data/seed/alpaca_3k.jsonl
-  seed_limit: 12
+  seed_limit: 8
   corpus: [{shared}/data/corpus/paragraphs.jsonl]
   iterations: 2
-  prompts_per_iteration: 8
-  pairs_per_iteration: 6
+  prompts_per_iteration: 6
+  pairs_per_iteration: 4
   scorer: {{kind: llm_judge, gap_threshold: 0, judge: {{pairwise: {{max_tokens: 64}}, max_explanation_chars: 80}}}}
   steps:
     generate_prompt: {{max_tokens: 48}}
@@ -41,7 +42,7 @@ synpo:
   improver_train: {{max_steps: 2, save_steps: 2}}
 train: {{method: simpo, max_steps: 2, save_steps: 2}}
 eval:
-  limit: 6
+  limit: 4
   generation: {{max_tokens: 48}}
   judge: {{pairwise: {{max_tokens: 64}}, max_explanation_chars: 80}}
 """
@@ -108,11 +109,11 @@ def test_two_iterations_train_register_and_evaluate(synpo_run):
     first = pd.read_parquet(run_dir / "iter-01" / "preferences" / "selected.parquet")
     accumulated = pd.read_parquet(run_dir / "iter-02" / "preferences" / "accumulated.parquet")
     assert set(first["id"]) <= set(accumulated["id"]) and accumulated["id"].is_unique
-    assert 0 < len(first) <= 6
+    assert 0 < len(first) <= 4
     for t in (0, 1, 2):
         result = json.loads((run_dir / "eval" / f"iter-{t:02d}.json").read_text())
         strict = result["ifeval"]["prompt_strict"]
-        assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 6
+        assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 4
         if t:
             assert result["winrate"]["baseline"] == "smollm2-135m"
             assert result["winrate"]["win_rate"]["n"] > 0
@@ -133,3 +134,27 @@ def test_report_shows_prompts_pairs_loss_and_metrics(synpo_run):
     assert "simpo" in page and "win rate vs iteration 0" in page and "ifeval prompt strict" in page
     assert "Samples before and after refinement" in page and "<b>after</b>" in page
     assert "win rate vs `smollm2-135m`" in summary and "## Iteration 2" in summary
+
+
+def test_sampling_ranking_pairs_best_and_worst_sample(local_ray, tmp_path):
+    """The sampling-ranking baseline's stages on the real engine: n samples, each judged against
+    sample 0 in both orders, best vs worst per prompt."""
+    from raysynth.config import SynpoRun
+    from raysynth.pipeline import Lineage, write_source_stage
+    from raysynth.recipes.synpo import ranked_pairs
+
+    cfg = SynpoRun.model_validate({
+        "recipe": "synpo", "run_dir": str(tmp_path / "run"), "engine": {"batch_size": 4},
+        "synpo": {"pair_builder": "sampling_ranking", "steps": {"answer": {"n": 3, "max_tokens": 32}},
+                  "scorer": {"kind": "llm_judge", "gap_threshold": 0,
+                             "judge": {"pairwise": {"max_tokens": 64}, "max_explanation_chars": 80}}}})
+    run = RunDir(cfg.run_dir)
+    prompts = write_source_stage(run, 1, "prompt-filter", [{"prompt": "Name a fruit."}, {"prompt": "Say hello."}],
+                                 {"test": 1}, Lineage("synpo", 1, "smollm2-135m"))
+    pairs = ranked_pairs(run, 1, prompts, cfg, "smollm2-135m", cfg.engine, str(resolve_model("smollm2-135m")))
+    scored = [s for s in run.stages() if s.name.startswith("ranking-scores-")][0].read()
+    assert len(scored) == 4  # samples 1 and 2 of each prompt, against sample 0
+    manifest = pairs.manifest()
+    assert manifest["rows_in"] == 2 and manifest["rows_out"] + sum(manifest["rejected"].values()) == 2
+    for row in pairs.read().to_dict("records"):
+        assert row["score_gap"] >= 0 and row["chosen"] and row["rejected"]
