@@ -129,7 +129,7 @@ def test_report_shows_prompts_pairs_loss_and_metrics(synpo_run):
     run_raysynth("report", str(run_dir))
     page = (run_dir / "report.html").read_text()
     summary = (run_dir / "summary.md").read_text()
-    for stage in ("1/prompts", "2/prompts", "1/pairs", "2/pairs", "1/seed-pairs"):
+    for stage in ("iter-01/prompts", "iter-02/prompts", "iter-01/pairs", "iter-02/pairs", "iter-01/seed-pairs"):
         assert f">{stage}<" in page, stage
     assert "simpo" in page and "win rate vs iteration 0" in page and "ifeval prompt strict" in page
     assert "Samples before and after refinement" in page and "<b>after</b>" in page
@@ -152,7 +152,7 @@ def test_sampling_ranking_pairs_best_and_worst_sample(local_ray, tmp_path):
     prompts = write_source_stage(run, 1, "prompt-filter", [{"prompt": "Name a fruit."}, {"prompt": "Say hello."}],
                                  {"test": 1}, Lineage("synpo", 1, "smollm2-135m"))
     pairs = ranked_pairs(run, 1, prompts, cfg, "smollm2-135m", cfg.engine, str(resolve_model("smollm2-135m")))
-    scored = [s for s in run.stages() if s.name.startswith("ranking-scores-")][0].read()
+    scored = [s for s in run.stages() if s.name.rsplit("-", 1)[0] == "ranking-scores"][0].read()
     assert len(scored) == 4  # samples 1 and 2 of each prompt, against sample 0
     manifest = pairs.manifest()
     assert manifest["rows_in"] == 2 and manifest["rows_out"] + sum(manifest["rejected"].values()) == 2

@@ -117,7 +117,7 @@ def run_pair_scores(run: RunDir, iteration: int, name: str, source: StageDir, sc
     prompt, a, b = columns
     rows = source.read()
     pairs = [{"pair_id": r["id"], "instruction": r[prompt], "a": r[a], "b": r[b]} for r in rows.to_dict("records")]
-    shown = write_source_stage(run, iteration, f"{name}-pairs", pairwise_rows(pairs),
+    shown = write_source_stage(run, iteration, f"{name}-orders", pairwise_rows(pairs),
                                {"input": source.name, "columns": list(columns)}, lineage)
     step = replace(judge_steps(scorer.judge)["pairwise"], name=f"{name}-judge")
     verdicts = run_llm_stage(run, iteration, step, shown, engine, model_dir, lineage)
