@@ -120,6 +120,8 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         generated = run_llm_stage(run_dir, t, steps["generate_prompt"], keywords, *on(generator),
                                   Lineage(RECIPE, t, generator))
         prompts = run_filter_stage(run_dir, t, "prompt-filter", generated, "prompt", s.prompt_filter, lineage)
+        step = {"iteration": t, "prompts": int(prompts.manifest()["rows_out"]), "pairs": 0}
+        summary["iterations"].append(step)
         if s.pair_builder == "seed_po":
             pairs, chosen, rejected = seed_preferences(run_dir, t, seeds, cfg, policy, judge_engine, judge_dir), "gold", "response"
         elif s.pair_builder == "sampling_ranking":
@@ -131,6 +133,10 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
             improver_sft = export_sft(improver_data, run_dir.iteration_dir(t) / "improver-sft", "prompt", "gold",
                                       user_text=lambda row: improver_message(str(row["prompt"]), str(row["response"]),
                                                                              text["improve"]))
+            if not improver_sft["rows"]:
+                print(f"[skip] iteration {t}: the scorer passed no seed rows to train the improver on; "
+                      f"the policy stays {policy}")
+                continue
             improver = str(train_model(s.improver_train, Path(str(improver_sft["parquet"])), initial, initial_dir,
                                        run_dir.iteration_dir(t), cfg.engine.trust_remote_code))
             answers = run_llm_stage(run_dir, t, steps["answer"], prompts, *on(policy), lineage)
@@ -144,8 +150,7 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         atomic_write_parquet(selection, select_pairs(pairs, chosen, rejected, s.pairs_per_iteration, cfg.seed))
         selections.append(selection)
         data = export_preferences(selections, selection.with_name("accumulated.parquet"))
-        step = {"iteration": t, "prompts": int(prompts.manifest()["rows_out"]), "pairs": data["rows"]}
-        summary["iterations"].append(step)
+        step["pairs"] = data["rows"]
         if not data["rows"]:
             print(f"[skip] iteration {t}: no preference pairs were kept; the policy stays {policy}")
             continue
