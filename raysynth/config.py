@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 
 class Strict(BaseModel):
@@ -28,6 +29,16 @@ class Strict(BaseModel):
             if isinstance(info.default, BaseModel) and isinstance(merged.get(name), dict):
                 merged[name] = {**info.default.model_dump(exclude_unset=False), **merged[name]}
         return merged
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+# An input file named in a config; a missing one is a config error, reported before anything runs.
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 
 
 class ConfigError(ValueError):
@@ -119,7 +130,7 @@ CONDOR_TASK_TYPES = [
 
 
 class CondorConfig(Strict):
-    tag_tree: Path | None = Field(None, description="JSON tag tree; None: the tree shipped with raysynth")
+    tag_tree: ExistingFile | None = Field(None, description="JSON tag tree; None: the tree shipped with raysynth")
     grow_tags: int = Field(0, ge=0, description="optional tree growth: ask the model for this many new "
                            "leaf tags per branch before synthesis; 0: off (use the tree as given)")
     max_tags: int | None = Field(None, ge=1, description="sample this many leaf tags (seeded, after "
@@ -131,13 +142,6 @@ class CondorConfig(Strict):
     max_section_chars: int = Field(500, ge=20, description="per critique section, structured mode")
     max_answer_chars: int = Field(4000, ge=20, description="refined answer, structured mode")
     steps: CondorSteps = CondorSteps()
-
-    @field_validator("tag_tree")
-    @classmethod
-    def _tree_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
 
 
 class JudgeConfig(Strict):
@@ -201,11 +205,11 @@ class EvalConfig(Strict):
     the defaults take the first 100 prompts at 512 tokens; set `limit: null` for the full benchmark.
     """
 
-    ifeval: Path | None = Field(None, description="IFEval input_data.jsonl; None: the copy shipped with raysynth")
+    ifeval: ExistingFile | None = Field(None, description="IFEval input_data.jsonl; None: the copy shipped with raysynth")
     limit: int | None = Field(100, ge=1, description="first N IFEval prompts; None: all 541")
     generation: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=512, structured=False)
     winrate: bool = Field(True, description="judge iteration k against iteration 0, both orders")
-    winrate_prompts: Path | None = Field(None, description="JSONL with a `prompt` (or `instruction`) "
+    winrate_prompts: ExistingFile | None = Field(None, description="JSONL with a `prompt` (or `instruction`) "
                                          "field; None: the IFEval prompts, answers reused (held out from training)")
     judge: JudgeConfig = JudgeConfig()
     judge_model: str | None = Field(None, description="local judge model (name, dir or hub id); None: "
@@ -215,13 +219,6 @@ class EvalConfig(Strict):
     diversity_group: int = Field(20, ge=2, description="texts per group for distinct-n")
     embedding_model: str | None = Field(None, description="for embedding spread; None: skipped")
     seed: int = 0
-
-    @field_validator("ifeval", "winrate_prompts")
-    @classmethod
-    def _file_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
 
 
 class LoraConfig(Strict):
@@ -335,7 +332,7 @@ class SynpoConfig(Strict):
     """SynPO (arXiv 2410.06961). Paper values as defaults: 4 iterations, 50k synthetic prompts and up
     to 10,000 new pairs per iteration, PairRM gap 0.20 (ArmoRM 0.02), > 50% repetition dropped."""
 
-    seed_data: Path | None = Field(None, description="seed SFT JSONL: instruction/input/output (Alpaca) or "
+    seed_data: ExistingFile | None = Field(None, description="seed SFT JSONL: instruction/input/output (Alpaca) or "
                                    "prompt/response rows; None: the Alpaca slice shipped with raysynth")
     seed_limit: int | None = Field(None, ge=1, description="first N seed rows; None: all")
     corpus: list[str] | None = Field(None, description="paragraph files or directories (JSONL / Parquet / text, "
@@ -359,13 +356,6 @@ class SynpoConfig(Strict):
     steps: SynpoSteps = SynpoSteps()
     generator_train: TrainConfig = Field(TrainConfig(method="sft"), description="self-prompt generator SFT")
     improver_train: TrainConfig = Field(TrainConfig(method="sft"), description="response improver SFT, each iteration")
-
-    @field_validator("seed_data")
-    @classmethod
-    def _seed_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
 
     @field_validator("corpus")
     @classmethod

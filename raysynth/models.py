@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+from raysynth.config import EngineConfig
+
 EMBEDDED_MODEL = "smollm2-135m"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -91,3 +93,8 @@ def _hub_cached(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def engine_for(engine: EngineConfig, model: str) -> tuple[EngineConfig, str]:
+    """(`engine` running `model`, the model's local directory): the pair every LLM stage takes."""
+    return engine.model_copy(update={"model": model}), resolve_model(model)

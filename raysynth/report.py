@@ -23,8 +23,8 @@ from raysynth.status import stage_rows  # noqa: E402
 from raysynth.store import RunDir, StageDir  # noqa: E402
 
 # Per recipe, the stages whose rows a person compares side by side: (before stage, after stage
-# prefix, prompt column, text column). The after row is traced to its before row by parent ids.
-# recipe -> (before stage, after stage prefix, prompt column, before text column, after text column)
+# prefix, prompt column, before text column, after text column). The after row is traced to its
+# before row by parent ids.
 SIDE_BY_SIDE = {"condor": ("answer", "refine-", "question", "answer", "answer"),
                 "synpo": ("answer", "improve", "prompt", "response", "improved")}
 

@@ -17,7 +17,7 @@ from raysynth.config import EngineConfig, EvalConfig
 from raysynth.eval.diversity import diversity
 from raysynth.eval.ifeval import check_response, load_ifeval
 from raysynth.eval.stats import rate, ratio
-from raysynth.models import resolve_model
+from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.steps.eval import respond_step
 from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
@@ -35,8 +35,8 @@ def _answers(run: RunDir, iteration: int, prompts, model: str, engine: EngineCon
              cfg: EvalConfig) -> dict[str, str]:
     """Answers of `model` to the prompt stage's rows, by prompt key; rows the engine rejected
     (e.g. a prompt longer than the context) answer with ''."""
-    stage = run_llm_stage(run, iteration, respond_step(cfg.generation), prompts, engine.model_copy(update={"model": model}),
-                          resolve_model(model), Lineage("eval", iteration, model))
+    stage = run_llm_stage(run, iteration, respond_step(cfg.generation), prompts, *engine_for(engine, model),
+                          Lineage("eval", iteration, model))
     answers = {str(k): "" for k in prompts.read(["key"])["key"]}
     answers.update({str(k): r for k, r in stage.read(["key", "response"]).values.tolist()})
     return answers
@@ -57,7 +57,7 @@ def judge_engine(engine: EngineConfig, cfg: EvalConfig, model: str) -> tuple[Eng
     if cfg.judge_endpoint is not None:
         return engine.model_copy(update={"endpoint": cfg.judge_endpoint}), "", cfg.judge_endpoint.model
     name = cfg.judge_model or model
-    return engine.model_copy(update={"model": name}), resolve_model(name), name
+    return *engine_for(engine, name), name
 
 
 def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict[str, str],

@@ -29,7 +29,7 @@ from raysynth.config import EngineConfig, SynpoRun
 from raysynth.eval import evaluate
 from raysynth.export import export_preferences, export_sft, select_pairs
 from raysynth.keywords import candidates, run_keyword_pool, run_keyword_sample
-from raysynth.models import resolve_model
+from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, finish_stage, open_stage, run_llm_stage, write_source_stage
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import filter_and_commit, run_pair_scores
@@ -93,11 +93,7 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
     run_dir, s = RunDir(cfg.run_dir), cfg.synpo
     initial, initial_dir = cfg.engine.model, resolve_model(cfg.engine.model)
     steps, text = synpo_steps(s), templates()
-    judge = s.judge_model or initial
-    judge_engine, judge_dir = cfg.engine.model_copy(update={"model": judge}), resolve_model(judge)
-
-    def on(model: str) -> tuple[EngineConfig, str]:
-        return cfg.engine.model_copy(update={"model": model}), resolve_model(model)
+    judge_engine, judge_dir = engine_for(cfg.engine, s.judge_model or initial)
 
     # Self-prompt generator: the initial model fine-tuned once on keywords -> seed prompt.
     lineage = Lineage(RECIPE, 0, initial)
@@ -117,7 +113,7 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
     for t in range(1, s.iterations + 1):
         lineage = Lineage(RECIPE, t, policy)
         keywords = run_keyword_sample(run_dir, t, pool, s.prompts_per_iteration, s.keywords, cfg.seed, lineage)
-        generated = run_llm_stage(run_dir, t, steps["generate_prompt"], keywords, *on(generator),
+        generated = run_llm_stage(run_dir, t, steps["generate_prompt"], keywords, *engine_for(cfg.engine, generator),
                                   Lineage(RECIPE, t, generator))
         prompts = run_filter_stage(run_dir, t, "prompt-filter", generated, "prompt", s.prompt_filter, lineage)
         step = {"iteration": t, "prompts": int(prompts.manifest()["rows_out"]), "pairs": 0}
@@ -139,8 +135,8 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
                 continue
             improver = str(train_model(s.improver_train, Path(str(improver_sft["parquet"])), initial, initial_dir,
                                        run_dir.iteration_dir(t), cfg.engine.trust_remote_code))
-            answers = run_llm_stage(run_dir, t, steps["answer"], prompts, *on(policy), lineage)
-            improved = run_llm_stage(run_dir, t, steps["improve"], answers, *on(improver), Lineage(RECIPE, t, improver))
+            answers = run_llm_stage(run_dir, t, steps["answer"], prompts, *engine_for(cfg.engine, policy), lineage)
+            improved = run_llm_stage(run_dir, t, steps["improve"], answers, *engine_for(cfg.engine, improver), Lineage(RECIPE, t, improver))
             pairs = run_pair_scores(run_dir, t, "pairs", improved, s.scorer, ("prompt", "improved", "response"),
                                     lineage, judge_engine, judge_dir)
             chosen, rejected = "improved", "response"
@@ -170,11 +166,10 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
 def seed_preferences(run_dir: RunDir, t: int, seeds: StageDir, cfg: SynpoRun, policy: str,
                      judge_engine: EngineConfig, judge_dir: str) -> StageDir:
     """M_{t-1} answers the seed prompts; rows where the scorer prefers the gold answer by the gap."""
-    engine, model_dir = cfg.engine.model_copy(update={"model": policy}), resolve_model(policy)
     lineage = Lineage(RECIPE, t, policy)
     answer = replace(synpo_steps(cfg.synpo)["answer"], name="seed-answer",
                      sampling=cfg.synpo.steps.answer.model_copy(update={"n": 1}))
-    answers = run_llm_stage(run_dir, t, answer, seeds, engine, model_dir, lineage)
+    answers = run_llm_stage(run_dir, t, answer, seeds, *engine_for(cfg.engine, policy), lineage)
     return run_pair_scores(run_dir, t, "seed-pairs", answers, cfg.synpo.scorer, ("prompt", "gold", "response"),
                            lineage, judge_engine, judge_dir)
 
@@ -183,9 +178,9 @@ def ranked_pairs(run_dir: RunDir, t: int, prompts: StageDir, cfg: SynpoRun, poli
                  judge_engine: EngineConfig, judge_dir: str) -> StageDir:
     """Sampling-ranking baseline: n samples per prompt, each scored against sample 0 with the
     configured scorer, best vs worst kept when their gap passes the threshold."""
-    engine, model_dir = cfg.engine.model_copy(update={"model": policy}), resolve_model(policy)
     lineage = Lineage(RECIPE, t, policy)
-    answers = run_llm_stage(run_dir, t, synpo_steps(cfg.synpo)["answer"], prompts, engine, model_dir, lineage)
+    answers = run_llm_stage(run_dir, t, synpo_steps(cfg.synpo)["answer"], prompts, *engine_for(cfg.engine, policy),
+                            lineage)
     frame = answers.read(["id", "parent_id", "sample", "prompt", "response"]).sort_values(["parent_id", "sample"])
     rows = []
     for prompt_id, group in frame.groupby("parent_id"):
@@ -196,11 +191,10 @@ def ranked_pairs(run_dir: RunDir, t: int, prompts: StageDir, cfg: SynpoRun, poli
     unfiltered = cfg.synpo.scorer.model_copy(update={"gap_threshold": -1e9, "max_repetition": None})
     scored = run_pair_scores(run_dir, t, "ranking-scores", versus, unfiltered, ("prompt", "response", "reference"),
                              lineage, judge_engine, judge_dir)
-    best = best_worst(scored.read())
     identity = {"input": scored.name, "scorer": cfg.synpo.scorer.model_dump(mode="json")}
     stage = open_stage(run_dir, t, "pairs", identity)
     if not stage.committed:
-        frame = pd.DataFrame(best, columns=["prompt_id", "prompt", "chosen", "rejected", "score_a", "score_b",
+        frame = pd.DataFrame(best_worst(scored.read()), columns=["prompt_id", "prompt", "chosen", "rejected", "score_a", "score_b",
                                             "score_gap", "score_error"])
         frame["id"] = frame["prompt_id"]
         filter_and_commit(frame, "pairs", str(stage.path), lineage, cfg.synpo.scorer.threshold,
