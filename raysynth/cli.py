@@ -18,7 +18,7 @@ app = typer.Typer(
 
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/synpo-small.yaml or configs/condor-small.yaml"),
+    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/synpo-small.yaml, configs/condor-small.yaml, configs/isheep-small.yaml"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where stages are stored; overrides run_dir. "
                                            "Re-running on the same dir skips committed stages and resumes."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: --set engine.batch_size=32 (repeatable)"),
@@ -46,8 +46,8 @@ def run(
     if "jsonl" in result:
         typer.echo(f"\n{result['rows']} samples in {result['jsonl']}\n(and {result['parquet']})")
     for step in result.get("iterations", []):
-        typer.echo(f"iteration {step['iteration']}: {step['prompts']} synthetic prompts, {step['pairs']} "
-                   f"preference pairs accumulated" + (f", model {step['model']}" if step.get("model") else ""))
+        typer.echo(f"iteration {step['iteration']}: " + ", ".join(f"{n} {what}" for what, n in step["funnel"].items())
+                   + (f"; model {step['model']}" if step.get("model") else ""))
     if result.get("model"):
         typer.echo(f"fine-tuned model (now the run's current model): {result['model']}")
     typer.echo(f"{time.time() - started:.0f} s; see it all with: raysynth report {cfg.run_dir}")

@@ -187,10 +187,16 @@ class ScorerConfig(Strict):
 
 
 class FilterConfig(Strict):
-    """Text filters over one column of a stage, applied in this order; None turns one off."""
+    """Text filters over one column of a stage, applied in this order; None (or empty) turns one off."""
 
     min_chars: int = Field(1, ge=0)
     max_chars: int | None = Field(None, ge=1)
+    min_words: int | None = Field(None, ge=1, description="fewer whitespace-separated words: dropped")
+    max_words: int | None = Field(None, ge=1, description="more words: dropped")
+    ascii_start: bool = Field(False, description="drop a text that starts with punctuation or a non-ASCII character")
+    blocked_prefixes: list[str] = Field(default_factory=list, description="drop a text that starts with one of these")
+    blocklist: list[str] = Field(default_factory=list, description="drop a text containing one of these words or "
+                                 "phrases (whole words, any case)")
     pattern: str | None = Field(None, description="a regex the text must contain (format filter)")
     near_duplicate_jaccard: float | None = Field(0.8, gt=0, le=1, description="MinHash word-3-shingle Jaccard")
     rouge_l_max: float | None = Field(0.7, gt=0, le=1, description="Self-Instruct novelty: keep if ROUGE-L "
@@ -295,11 +301,18 @@ class ServeConfig(Strict):
                                  "two engines coexist during a switch, so keep gpu_memory_utilization <= 0.45")
 
 
-class CondorRun(Strict):
-    recipe: Literal["condor"]
-    run_dir: Path = Path("runs/condor")
+class RunHeader(Strict):
+    """What every recipe's run config starts with; each recipe narrows `recipe` and sets its `run_dir`."""
+
+    recipe: str
+    run_dir: Path
     seed: int = 0
     engine: EngineConfig = EngineConfig()
+
+
+class CondorRun(RunHeader):
+    recipe: Literal["condor"]
+    run_dir: Path = Path("runs/condor")
     condor: CondorConfig = CondorConfig()
     train: TrainConfig | None = Field(
         None, description="SFT on the refined data after synthesis (Condor's last step); None: synthesis only")
@@ -377,11 +390,9 @@ class SynpoConfig(Strict):
         return self
 
 
-class SynpoRun(Strict):
+class SynpoRun(RunHeader):
     recipe: Literal["synpo"]
     run_dir: Path = Path("runs/synpo")
-    seed: int = 0
-    engine: EngineConfig = EngineConfig()
     synpo: SynpoConfig = SynpoConfig()
     train: TrainConfig = Field(TrainConfig(method="simpo"), description="preference optimisation of the "
                                "initial model on the accumulated pairs, each iteration (paper: SimPO)")
@@ -392,6 +403,152 @@ class SynpoRun(Strict):
     def _preference_method(cls, value: TrainConfig) -> TrainConfig:
         if value.method == "sft":
             raise ValueError("expected a preference method: simpo (paper) or dpo")
+        return value
+
+
+# Self-Instruct's heuristic filters on generated instructions (its bootstrap_instructions.py): 4 to
+# 150 words, no task a text model cannot do (these words), no "Write a program" (ambiguous whether
+# to write one or give its output), no start with punctuation or a non-English character.
+SELF_INSTRUCT_BLOCKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+                           "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
+SELF_INSTRUCT_FILTER = FilterConfig(min_words=4, max_words=150, ascii_start=True,
+                                    blocked_prefixes=["Write a program"], blocklist=SELF_INSTRUCT_BLOCKLIST,
+                                    near_duplicate_jaccard=None, rouge_l_max=0.7)
+
+
+class AssessmentConfig(Strict):
+    """I-SHEEP's metacognitive self-assessment: the model scores its own (instruction, response) pairs
+    1-10 (the paper's scale) and pairs below the threshold are dropped."""
+
+    level: Literal["both", "quality", "following", "none"] = Field(
+        "both", description="what is scored (paper ablation): response quality, instruction following, both "
+        "(paper's choice), or none (no self-assessment: every pair is kept)")
+    prompt: Literal["simple", "combined", "icl"] = Field(
+        "combined", description="the paper's three assessment prompts: simple standard (poor vs good), combined "
+        "standard (several criteria), in-context examples (its appendix B cases, no criteria)")
+    threshold: float = Field(8, ge=1, le=10, description="keep pairs scoring at least this (paper: 8)")
+    combine: Literal["min", "mean"] = Field(
+        "min", description="level both: the score compared with the threshold; min: both must pass (our "
+        "reading; the paper does not say), mean: their average")
+    max_explanation_chars: int = Field(200, ge=10, description="explanation before the scores, structured mode")
+
+
+class DataFilterConfig(Strict):
+    """The paper's filters that use no prompt: perplexity of the response under the model, and density
+    (k-means over the model's last-layer representations, sampling from each cluster), or both."""
+
+    kind: Literal["none", "perplexity", "density", "density_perplexity"] = Field(
+        "none", description="perplexity: drop above max_perplexity; density: per_cluster random rows from each "
+        "of `clusters` clusters; density_perplexity: the lowest-perplexity rows of each cluster")
+    max_perplexity: float = Field(50, gt=1, description="paper: 50")
+    clusters: int = Field(3000, ge=1, description="k-means clusters (paper: 3000 at 10k pairs); capped at the rows")
+    per_cluster: int = Field(1, ge=1, description="rows kept from each cluster (the paper does not say how many)")
+    max_length: int = Field(2048, ge=16, description="tokens per (instruction, response) scored")
+    batch_size: int = Field(16, ge=1)
+    concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool")
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+
+
+class ISheepSteps(Strict):
+    # The paper gives no decoding settings: Alpaca's (temperature 1.0) for instructions, 0.7 for
+    # answers, greedy for self-assessment.
+    generate: SamplingConfig = SamplingConfig(temperature=1.0, max_tokens=256)
+    answer: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=1024, structured=False)
+    assess: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=128)
+
+
+class ISheepConfig(Strict):
+    """I-SHEEP (arXiv 2408.08072). Paper values as defaults: 175 seed tasks, 10k pairs generated per
+    iteration, self-assessment of quality and instruction following with threshold 8, the base model
+    trained on the last iteration's data (One_base)."""
+
+    seed_tasks: ExistingFile | None = Field(None, description="Self-Instruct seed tasks JSONL (instruction + "
+                                            "instances) or instruction/input rows; None: the 175 shipped ones")
+    iterations: int = Field(3, ge=1, description="paper: 3 in its setting comparisons; up to 6 for 72B")
+    instructions_per_iteration: int = Field(10000, ge=1, description="instructions generated per iteration, "
+                                            "before filters (paper: 10k)")
+    icl_examples: int = Field(3, ge=1, description="seed tasks shown per generation request (Alpaca's meta-prompt: 3)")
+    max_instruction_chars: int = Field(500, ge=20)
+    max_input_chars: int = Field(500, ge=1)
+    instruction_filter: FilterConfig = Field(SELF_INSTRUCT_FILTER, description="Self-Instruct's heuristics and "
+                                             "ROUGE-L novelty (< 0.7 against the seed tasks and kept instructions)")
+    assessment: AssessmentConfig = AssessmentConfig()
+    data_filter: DataFilterConfig = DataFilterConfig()
+    training_setting: Literal["one_base", "one_last", "total_base"] = Field(
+        "one_base", description="one_base: the base model on the last iteration's data (paper's choice); "
+        "one_last: the last model on its own data; total_base: the base model on all data so far")
+    steps: ISheepSteps = ISheepSteps()
+
+
+class ISheepRun(RunHeader):
+    recipe: Literal["isheep"]
+    run_dir: Path = Path("runs/isheep")
+    isheep: ISheepConfig = ISheepConfig()
+    train: TrainConfig = Field(TrainConfig(method="sft"), description="SFT on the kept pairs, each iteration "
+                               "(paper: LoRA with LLaMA-Factory)")
+    eval: EvalConfig | None = Field(EvalConfig(), description="after each iteration, against iteration 0; None: off")
+
+    @field_validator("train")
+    @classmethod
+    def _sft(cls, value: TrainConfig) -> TrainConfig:
+        if value.method != "sft":
+            raise ValueError("expected method sft (I-SHEEP trains with SFT)")
+        return value
+
+
+class RefedSteps(Strict):
+    # The paper does not give decoding settings: greedy-ish for feedback, 1.0 for new instructions
+    # (diversity across the 10 per feature), 0.7 for answers and improvements.
+    instruction_feedback: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=256)
+    response_feedback: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=384)
+    generate: SamplingConfig = SamplingConfig(temperature=1.0, max_tokens=256)
+    answer: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=1024, structured=False)
+    improve: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=1536)
+
+
+class RefedConfig(Strict):
+    """Reference-level feedback (REFED, Mehri et al. 2025). Paper values as defaults: instruction feedback
+    (subject areas, skills) and response feedback (strengths, improvements) collected once per reference;
+    10 new instructions per reference and instruction feature (20 per reference); one-shot answers with the
+    reference pair; improvement with the reference's response feedback (analysis, strategy, improved
+    response). Filters are optional and off, as in the released 10k set."""
+
+    references: ExistingFile | None = Field(None, description="curated reference samples, JSONL: instruction/input/"
+                                            "output (Alpaca) or prompt/response; None: the Alpaca slice shipped with raysynth")
+    reference_limit: int | None = Field(None, ge=1, description="first N references; None: all")
+    features: list[Literal["subject_areas", "skills"]] = Field(
+        ["subject_areas", "skills"], min_length=1, description="instruction features that each steer new instructions")
+    instructions_per_feature: int = Field(10, ge=1, description="new instructions per reference and feature (paper: 10)")
+    feedback: Literal["reference", "instruction_only", "sample"] = Field(
+        "reference", description="reference: the reference's response feedback improves every answer (paper); the "
+        "paper's ablations: instruction_only (no improvement step) and sample (feedback written on each answer)")
+    max_list_items: int = Field(5, ge=1, description="feedback list items kept (subject areas, skills, strengths, improvements)")
+    max_instruction_chars: int = Field(1500, ge=10, description="longer generated instructions are dropped")
+    diversity_filter: FilterConfig | None = Field(
+        None, description="ROUGE-L diversity selection over new instructions, e.g. {rouge_l_max: 0.7}; None: off")
+    judge_filter: bool = Field(False, description="keep a sample only when the judge prefers the improved response "
+                               "to the original in both orders (position-swapped)")
+    judge: ScorerConfig = Field(ScorerConfig(kind="llm_judge"), description="the judge filter's scorer (llm_judge: "
+                                "gap 1.0 keeps agreed wins; 0 also keeps ties)")
+    judge_model: str | None = Field(None, description="the judge's model; None: the run's model")
+    steps: RefedSteps = RefedSteps()
+
+
+class RefedRun(RunHeader):
+    recipe: Literal["refed"]
+    run_dir: Path = Path("runs/refed")
+    refed: RefedConfig = RefedConfig()
+    train: TrainConfig | None = Field(TrainConfig(method="sft"), description="SFT on (instruction, improved "
+                                      "response); None: synthesis only")
+    eval: EvalConfig | None = Field(EvalConfig(), description="IFEval (and win rate) of the trained model "
+                                    "against the starting one; None: off")
+
+    @field_validator("train")
+    @classmethod
+    def _sft(cls, value: TrainConfig | None) -> TrainConfig | None:
+        if value is not None and value.method != "sft":
+            raise ValueError("expected method sft (REFED is an SFT dataset)")
         return value
 
 
@@ -413,10 +570,10 @@ class TrainJob(Strict):
         return value
 
 
-RECIPE_NAMES = ("condor", "synpo")
+RECIPE_NAMES = ("condor", "synpo", "isheep", "refed")
 INPUT_FILES = [("condor", "tag_tree"), ("eval", "ifeval"), ("eval", "winrate_prompts"), ("synpo", "seed_data"),
-               ("synpo", "corpus")]
-RunConfig = Annotated[Union[CondorRun, SynpoRun], Field(discriminator="recipe")]
+               ("synpo", "corpus"), ("isheep", "seed_tasks"), ("refed", "references")]
+RunConfig = Annotated[Union[CondorRun, SynpoRun, ISheepRun, RefedRun], Field(discriminator="recipe")]
 _RUN_ADAPTER: TypeAdapter[Any] = TypeAdapter(RunConfig)
 
 
@@ -477,7 +634,7 @@ def _validate(path: Path, adapter: TypeAdapter[Any], data: dict[str, Any]) -> An
         raise ConfigError(f"{path}: " + "; ".join(lines)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CondorRun | SynpoRun:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CondorRun | SynpoRun | ISheepRun | RefedRun:
     """Parse and validate a run config; `overrides` are `a.b=value` strings (YAML values)."""
     path = Path(path)
     data = _read_yaml(path, overrides)

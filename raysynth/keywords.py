@@ -202,7 +202,7 @@ def run_keyword_pool(run: RunDir, paths: list[str], text_column: str, cfg: Keywo
 def run_keyword_sample(run: RunDir, iteration: int, pool: StageDir, wanted: int, cfg: KeywordConfig, seed: int,
                        lineage: Lineage, name: str = "keywords") -> StageDir:
     """About `wanted` x oversample lists of the pool for `iteration`, minus names and stopwords."""
-    fraction = min(1.0, wanted * cfg.oversample / max(1, int(pool.manifest()["rows_out"])))
+    fraction = min(1.0, wanted * cfg.oversample / max(1, pool.rows_out()))
     identity = {"input": pool.name, "fraction": fraction, "seed": seed, "iteration": iteration}
 
     def add_ops(ds, stage: StageDir):

@@ -119,7 +119,7 @@ def run_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], 
     if stage.committed:
         return stage
     files = source.part_files()
-    total = int(source.manifest()["rows_out"])
+    total = source.rows_out()
     read = (lambda: ray.data.read_parquet(files)) if files else None
     _stream(stage, read, total, batch_size, label, add_ops)
     return finish_stage(stage, identity, total)
@@ -222,6 +222,22 @@ def commit_decisions(stage: StageDir, name: str, lineage: Lineage, rows: list[di
                        {"rows_in": len(rows), "rows_out": len(kept), "rejected": counts,
                         "tokens_in": 0, "tokens_out": 0})
     return len(kept)
+
+
+def run_decision_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], source: StageDir,
+                       decide: Callable[[pd.DataFrame], list[str | None]], raw_column: str, lineage: Lineage,
+                       extra_columns: tuple[str, ...] = ()) -> StageDir:
+    """Keep or drop each committed row of `source` on the driver: `decide(rows in id order)` gives a
+    reason to drop, or None to keep, per row. For decisions that need all rows at once (novelty,
+    clustering); `extra_columns` of the source are carried into the rejected table too."""
+    stage = open_stage(run, iteration, name, identity)
+    if stage.committed:
+        return stage
+    frame = source.read().sort_values("id", kind="stable").reset_index(drop=True)
+    rows = frame.to_dict("records")
+    extra = [{c: row[c] for c in extra_columns} for row in rows]
+    commit_decisions(stage, name, lineage, rows, decide(frame), [str(row[raw_column]) for row in rows], extra)
+    return finish_stage(stage, identity, len(rows))
 
 
 def finish_stage(stage: StageDir, identity: dict[str, Any], total: int) -> StageDir:

@@ -20,13 +20,14 @@ import pandas as pd  # noqa: E402
 
 from raysynth.config import saved_run_config  # noqa: E402
 from raysynth.status import stage_rows  # noqa: E402
-from raysynth.store import RunDir, StageDir  # noqa: E402
+from raysynth.store import ITERATION_SUMMARY, RunDir, StageDir  # noqa: E402
 
 # Per recipe, the stages whose rows a person compares side by side: (before stage, after stage
 # prefix, prompt column, before text column, after text column). The after row is traced to its
 # before row by parent ids.
 SIDE_BY_SIDE = {"condor": ("answer", "refine-", "question", "answer", "answer"),
-                "synpo": ("answer", "improve", "prompt", "response", "improved")}
+                "synpo": ("answer", "improve", "prompt", "response", "improved"),
+                "refed": ("answer", "improve", "instruction", "response", "improved")}
 
 
 def _png(fig) -> str:
@@ -53,6 +54,35 @@ def metric_rows(evals: list[dict[str, Any]]) -> pd.DataFrame:
                 metrics[f"diversity {key.replace('_', ' ')}"] = value
         rows += [{"iteration": result["iteration"], "metric": name, **m} for name, m in metrics.items()]
     return pd.DataFrame(rows, columns=["iteration", "metric", "value", "low", "high", "n"])
+
+
+def load_iterations(run: RunDir) -> list[dict[str, Any]]:
+    """The per-iteration summaries recipes write (`iter-NN/iteration.json`): data funnel, histograms."""
+    return [json.loads(p.read_text()) for p in sorted(run.path.glob(f"iter-*/{ITERATION_SUMMARY}"))]
+
+
+def funnel_frame(iterations: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per iteration, one column per step of the data funnel (rows left after it)."""
+    return pd.DataFrame([{"iteration": step["iteration"], **step.get("funnel", {})} for step in iterations])
+
+
+def plot_histograms(iterations: list[dict[str, Any]]) -> str:
+    """Per assessed aspect, the score counts of each iteration side by side."""
+    aspects = list(dict.fromkeys(a for step in iterations for a in step.get("histograms", {})))
+    fig, axes = plt.subplots(1, len(aspects), figsize=(6 * len(aspects), 3.2), squeeze=False)
+    for ax, aspect in zip(axes.flat, aspects):
+        steps = [step for step in iterations if aspect in step.get("histograms", {})]
+        width = 0.8 / len(steps)
+        for k, step in enumerate(steps):
+            counts = step["histograms"][aspect]
+            scores = sorted(int(v) for v in counts)
+            ax.bar([v - 0.4 + width * (k + 0.5) for v in scores], [counts[str(v)] for v in scores], width=width,
+                   label=f"iteration {step['iteration']}")
+        ax.set_title(f"self-assessed {aspect} score")
+        ax.set_xlabel("score")
+        ax.set_xticks(range(1, 11))
+        ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def stage_frame(run: RunDir) -> pd.DataFrame:
@@ -175,7 +205,7 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
     run = RunDir(run_dir)
     config = saved_run_config(run.path)
     recipe = config.get("recipe", "?")
-    evals, stages, trains = load_evals(run), stage_frame(run), training_runs(run)
+    evals, stages, trains, iterations = load_evals(run), stage_frame(run), training_runs(run), load_iterations(run)
     metrics = metric_rows(evals)
     pairs = side_by_side(run, recipe)
 
@@ -194,6 +224,13 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
                              f"{html.escape(w['judge'])}, both orders)</p>")
     else:
         parts.append("<p class='muted'>No evaluation in this run (set an <code>eval:</code> section).</p>")
+    if iterations:
+        parts += ["<h2>Data per iteration (rows left after each step)</h2>", _table(funnel_frame(iterations))]
+        rates = pd.DataFrame([{"iteration": step["iteration"], **step["rates"]} for step in iterations if step.get("rates")])
+        if len(rates):
+            parts += ["<p>Rates (share of the step's input rows)</p>", _table(rates)]
+        if any(step.get("histograms") for step in iterations):
+            parts.append(plot_histograms(iterations))
     parts.append("<h2>Stages: rows and throughput</h2>")
     if len(stages):
         parts += [plot_stages(stages), _table(stages.drop(columns=["reasons"]))]
@@ -218,12 +255,12 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     html_path, md_path = run.path / "report.html", run.path / "summary.md"
     html_path.write_text(page)
-    md_path.write_text(summary_markdown(run, recipe, evals, stages, trains))
+    md_path.write_text(summary_markdown(run, recipe, evals, stages, trains, iterations))
     return {"html": html_path, "markdown": md_path}
 
 
 def summary_markdown(run: RunDir, recipe: str, evals: list[dict[str, Any]], stages: pd.DataFrame,
-                     trains: list[tuple[str, dict[str, Any]]]) -> str:
+                     trains: list[tuple[str, dict[str, Any]]], iterations: list[dict[str, Any]]) -> str:
     lines = [f"# raysynth run `{run.path}` ({recipe})", ""]
     if len(stages):
         lines += [f"- {len(stages)} stages; {int(stages['rows out'].sum())} rows written, "
@@ -234,6 +271,13 @@ def summary_markdown(run: RunDir, recipe: str, evals: list[dict[str, Any]], stag
                 reasons[reason] = reasons.get(reason, 0) + count
         if reasons:
             lines.append("- dropped by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    for step in iterations:
+        lines.append(f"- iteration {step['iteration']} data: "
+                     + ", ".join(f"{what} {n}" for what, n in step.get("funnel", {}).items()))
+        if step.get("rates"):
+            lines.append("  - rates: " + ", ".join(f"{what} {value:.3f}" for what, value in step["rates"].items()))
+        for aspect, counts in step.get("histograms", {}).items():
+            lines.append(f"  - {aspect} scores: " + " ".join(f"{v}:{n}" for v, n in counts.items()))
     for label, summary in trains:
         lines.append(f"- training {label}: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}")
     for result in evals:

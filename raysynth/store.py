@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 MANIFEST = "_stage.json"
 DONE = "_done"
 TIMES = "_time.json"
+ITERATION_SUMMARY = "iteration.json"
 LINEAGE = ["id", "parent_id", "recipe", "iteration", "stage", "model", "template", "template_hash"]
 
 
@@ -48,8 +49,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str).encode())
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
@@ -93,6 +94,10 @@ class StageDir:
 
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.path / MANIFEST).read_text())
+
+    def rows_out(self) -> int:
+        """Rows a committed stage kept."""
+        return int(self.manifest()["rows_out"])
 
     def prepare(self, identity: dict[str, Any]) -> None:
         """Create the directory and remove leftovers of interrupted batches."""
@@ -169,6 +174,11 @@ class RunDir:
 
     def iteration_dir(self, iteration: int) -> Path:
         return self.path / f"iter-{iteration:02d}"
+
+    def write_iteration_summary(self, step: dict[str, Any]) -> None:
+        """`iter-NN/iteration.json`: what a recipe reports of iteration NN (its data funnel, in step
+        order, and rates or histograms) for the CLI and the report."""
+        atomic_write_json(self.iteration_dir(step["iteration"]) / ITERATION_SUMMARY, step, sort_keys=False)
 
     def stage(self, iteration: int, name: str, identity: dict[str, Any]) -> StageDir:
         return StageDir(self.iteration_dir(iteration) / f"{name}-{stable_hash(identity)}")

@@ -1,7 +1,10 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -48,6 +51,47 @@ def run_raysynth(*args: str, env: dict | None = None, timeout: int = 900) -> sub
     result = subprocess.run(raysynth_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
+
+
+def kill_driver_when(config: Path, pick: Callable[[], object], timeout: float) -> object:
+    """Start `raysynth run CONFIG`, SIGKILL the driver alone (as a crash would) as soon as `pick()`
+    returns something, then Ray's processes it left behind; returns what `pick` returned (None when
+    the run ended or timed out first)."""
+    env = {**os.environ, "RAYSYNTH_NO_PROGRESS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(raysynth_cmd("run", str(config)), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    picked = None
+    deadline = time.time() + timeout
+    try:
+        while picked is None and time.time() < deadline and proc.poll() is None:
+            picked = pick()
+            if picked is not None:
+                os.kill(proc.pid, signal.SIGKILL)
+            else:
+                time.sleep(0.2)
+    finally:
+        try:
+            proc.wait(timeout=60)
+        finally:
+            time.sleep(2)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    return picked
+
+
+def partly_committed(run_dir: Path, iteration: int, prefix: str = ""):
+    """A stage of the iteration (named `prefix`...) with some batches committed and not all of them."""
+    from raysynth.store import StageDir
+
+    for d in sorted((Path(run_dir) / f"iter-{iteration:02d}").glob(f"{prefix}*-*")):
+        stage = StageDir(d)
+        if (d / "_done").is_dir() and not stage.committed and any((d / "_done").glob("*.json")):
+            return stage
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,13 @@
 """Condor on the real engine (vLLM in Ray Data actor pools), end to end."""
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import raysynth_cmd, run_raysynth, write_tiny_config
+from conftest import kill_driver_when, partly_committed, run_raysynth, write_tiny_config
 from raysynth.store import RunDir
 
 pytestmark = pytest.mark.slow
@@ -70,28 +67,7 @@ def test_changed_setting_recomputes_that_stage_and_after(baseline_run: Path, tmp
 def test_kill_driver_mid_stage_then_resume(baseline_run: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     config = write_tiny_config(tmp_path, run_dir)
-    env = {**os.environ, "RAYSYNTH_NO_PROGRESS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(raysynth_cmd("run", str(config)), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_in = None
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            partial = [s for s in RunDir(run_dir).stages()
-                       if not s.committed and s.name.startswith("answer") and len(list(s.markers())) >= 1]
-            if partial:
-                killed_in = partial[0]
-                os.kill(proc.pid, signal.SIGKILL)  # the driver only, as a crash would
-                break
-            time.sleep(0.2)
-    finally:
-        proc.wait(timeout=60)
-        time.sleep(2)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # Ray's local processes the dead driver left behind
-        except ProcessLookupError:
-            pass
+    killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 0, "answer"), 600)
     assert killed_in is not None, "the run ended before the answer stage was half done"
     assert not killed_in.committed
     kept_markers = {m.name for m in (killed_in.path / "_done").glob("*.json")}

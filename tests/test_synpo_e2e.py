@@ -3,18 +3,14 @@
 run resumed; then the report. One run, since each costs minutes on a 2-core CPU."""
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from raysynth.models import resolve_model
-from raysynth.store import RunDir, StageDir
-from conftest import REPO, raysynth_cmd, run_raysynth
+from raysynth.store import RunDir
+from conftest import REPO, kill_driver_when, partly_committed, run_raysynth
 
 pytestmark = pytest.mark.slow
 
@@ -60,27 +56,7 @@ def synpo_run(tmp_path_factory):
     config.write_text(TINY_SYNPO.format(run_dir=run_dir, shared=SHARED))
 
     # Kill the driver once a stage of iteration 1 is partly committed, as a crash would.
-    env = {**os.environ, "RAYSYNTH_NO_PROGRESS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(raysynth_cmd("run", str(config)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
-    killed_in = None
-    try:
-        deadline = time.time() + 1500
-        while proc.poll() is None and time.time() < deadline:
-            partial = [d for d in (run_dir / "iter-01").glob("*-*") if (d / "_done").is_dir()
-                       and not (d / "_stage.json").exists() and any((d / "_done").glob("*.json"))]
-            if partial:
-                killed_in = StageDir(partial[0])
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.3)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # Ray's local processes the dead driver left behind
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 1), 1500)
     assert killed_in is not None, "the run ended before a stage of iteration 1 was partly done"
     markers_at_kill = {m.name for m in (killed_in.path / "_done").glob("*.json")}
     result = run_raysynth("run", str(config), timeout=2400)

@@ -116,7 +116,8 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         generated = run_llm_stage(run_dir, t, steps["generate_prompt"], keywords, *engine_for(cfg.engine, generator),
                                   Lineage(RECIPE, t, generator))
         prompts = run_filter_stage(run_dir, t, "prompt-filter", generated, "prompt", s.prompt_filter, lineage)
-        step = {"iteration": t, "prompts": int(prompts.manifest()["rows_out"]), "pairs": 0}
+        step = {"iteration": t, "funnel": {"synthetic prompts": prompts.rows_out(),
+                                           "preference pairs accumulated": 0}}
         summary["iterations"].append(step)
         if s.pair_builder == "seed_po":
             pairs, chosen, rejected = seed_preferences(run_dir, t, seeds, cfg, policy, judge_engine, judge_dir), "gold", "response"
@@ -146,7 +147,8 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         atomic_write_parquet(selection, select_pairs(pairs, chosen, rejected, s.pairs_per_iteration, cfg.seed))
         selections.append(selection)
         data = export_preferences(selections, selection.with_name("accumulated.parquet"))
-        step["pairs"] = data["rows"]
+        step["funnel"]["preference pairs accumulated"] = data["rows"]
+        run_dir.write_iteration_summary(step)
         if not data["rows"]:
             print(f"[skip] iteration {t}: no preference pairs were kept; the policy stays {policy}")
             continue
@@ -155,6 +157,7 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
                             cfg.engine.trust_remote_code)
         policy = register_model(run_dir.path, f"{RECIPE}-iter-{t:02d}", model, t)["path"]
         step["model"] = policy
+        run_dir.write_iteration_summary(step)
         if cfg.eval is not None:
             texts = [str(p) for p in prompts.read(["prompt"])["prompt"]]
             evaluate(run_dir, t, policy, cfg.engine, cfg.eval, baseline=initial, texts=texts)

@@ -12,12 +12,15 @@ or the countable reason it was dropped, so a stage can commit kept and rejected 
   covering 70% of both texts, hence a word-set Jaccard of about 0.54 or more; the screen's Jaccard
   threshold (0.3 by default) leaves a wide margin, so it misses practically no true duplicate.
 - MinHash near-duplicates: drop a text whose word-3-shingle Jaccard with a kept one is >= threshold.
-- length and format: character bounds, and a regex the text must match.
+- length and format: character and word bounds, and a regex the text must match.
+- Self-Instruct's heuristics on instructions: a start with punctuation or a non-ASCII character, a
+  blocked prefix ("Write a program"), a blocked word or phrase (image, graph, file, ...).
 """
 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterable
 
 from datasketch import MinHash, MinHashLSH
@@ -54,6 +57,34 @@ def length_reason(text: str, min_chars: int = 1, max_chars: int | None = None) -
         return "too_short"
     if max_chars is not None and size > max_chars:
         return "too_long"
+    return None
+
+
+def word_count_reason(text: str, min_words: int | None = None, max_words: int | None = None) -> str | None:
+    count = len(text.split())
+    if min_words is not None and count < min_words:
+        return "too_few_words"
+    if max_words is not None and count > max_words:
+        return "too_many_words"
+    return None
+
+
+def start_reason(text: str) -> str | None:
+    """Self-Instruct: drop a text starting with punctuation or a non-English (non-ASCII) character."""
+    first = text.strip()[:1]
+    return "bad_start" if not first or first in string.punctuation or not first.isascii() else None
+
+
+def prefix_reason(text: str, prefixes: Iterable[str]) -> str | None:
+    start = text.strip().lower()
+    return "blocked_prefix" if any(start.startswith(p.lower()) for p in prefixes) else None
+
+
+def blocklist_reason(text: str, blocked: Iterable[str]) -> str | None:
+    """Whole-word (or whole-phrase) matches in any case, as Self-Instruct's `find_word_in_string`."""
+    for phrase in blocked:
+        if re.search(rf"\b{re.escape(phrase)}\b", text, re.IGNORECASE):
+            return "blocked_word"
     return None
 
 
