@@ -1,0 +1,127 @@
+"""Reference-level feedback end to end on the real engine: feedback on three references, two new
+instructions per reference and feature, diversity selection, one-shot answers, improvement with the
+reference's feedback, the judge filter, SFT and IFEval; the driver is killed in the synthesis and the
+run resumed without recomputing feedback; then the report. The sample-level ablation's own step runs
+on the engine too."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, kill_driver_when, partly_committed, run_raysynth
+from raysynth.store import RunDir
+
+pytestmark = pytest.mark.slow
+
+SHARED = REPO.parent / "shared"
+
+TINY_REFED = """\
+recipe: refed
+run_dir: {run_dir}
+seed: 0
+engine:
+  model: smollm2-135m
+  batch_size: 2
+refed:
+  references: {shared}/data/seed/alpaca_3k.jsonl
+  reference_limit: 3
+  instructions_per_feature: 2
+  diversity_filter: {{rouge_l_max: 0.7}}
+  judge_filter: true
+  judge: {{kind: llm_judge, gap_threshold: 0, judge: {{pairwise: {{max_tokens: 64}}, max_explanation_chars: 60}}}}
+  steps:
+    instruction_feedback: {{max_tokens: 96}}
+    response_feedback: {{max_tokens: 128}}
+    generate: {{max_tokens: 64}}
+    answer: {{max_tokens: 48}}
+    improve: {{max_tokens: 128}}
+train: {{max_steps: 2, save_steps: 2}}
+eval:
+  limit: 4
+  winrate: false
+  generation: {{max_tokens: 48}}
+"""
+
+
+def feedback_stages(run_dir: Path) -> dict[str, dict]:
+    return {s.name: {"manifest": s.manifest(), "markers": sorted(m.name for m in (s.path / "_done").glob("*.json"))}
+            for s in RunDir(run_dir).stages() if s.name.split("-feedback")[0] in ("instruction", "response")}
+
+
+@pytest.fixture(scope="module")
+def refed_run(tmp_path_factory):
+    if not (SHARED / "data" / "seed" / "alpaca_3k.jsonl").is_file():
+        pytest.skip("needs ../shared/data (the Alpaca references)")
+    directory = tmp_path_factory.mktemp("refed")
+    run_dir = directory / "run"
+    config = directory / "tiny-refed.yaml"
+    config.write_text(TINY_REFED.format(run_dir=run_dir, shared=SHARED))
+    killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 1), 1500)
+    assert killed_in is not None, "the run ended before a synthesis stage was partly done"
+    feedback_at_kill = feedback_stages(run_dir)
+    markers_at_kill = {m.name for m in (killed_in.path / "_done").glob("*.json")}
+    result = run_raysynth("run", str(config), timeout=2400)
+    return {"run_dir": run_dir, "killed_in": killed_in, "markers_at_kill": markers_at_kill,
+            "feedback_at_kill": feedback_at_kill, "output": result.stdout}
+
+
+def test_resumed_without_loss_and_feedback_was_not_recomputed(refed_run):
+    run_dir, killed = refed_run["run_dir"], refed_run["killed_in"]
+    assert killed.committed
+    assert refed_run["markers_at_kill"] <= {m.name for m in (killed.path / "_done").glob("*.json")}
+    assert len(refed_run["feedback_at_kill"]) == 2
+    assert feedback_stages(run_dir) == refed_run["feedback_at_kill"]  # same commit, same batches
+    for stage in RunDir(run_dir).stages():
+        ids = stage.read(["id"])["id"]
+        assert ids.is_unique, stage.name
+        assert len(ids) == stage.manifest()["rows_out"], stage.name
+        assert stage.done_count() == len(stage.done_inputs()), stage.name
+
+
+def test_synthesis_improves_judges_trains_and_evaluates(refed_run):
+    run_dir = refed_run["run_dir"]
+    step = json.loads((run_dir / "iter-01" / "iteration.json").read_text())
+    funnel, rates = step["funnel"], step["rates"]
+    assert funnel["references"] == 3 and funnel["new instructions"] <= 3 * 2 * 2
+    assert funnel["kept by judge"] == funnel["trained on"] > 0
+    assert 0 <= rates["judge keep rate"] <= 1 and rates["judge keep rate"] == funnel["kept by judge"] / funnel["improved"]
+    for label in ("instruction feedback", "response feedback", "improvement"):
+        assert 0 <= rates[f"{label} JSON repaired"] + rates[f"{label} JSON unusable"] <= 1
+    sft = pd.read_json(run_dir / "iter-01" / "sft" / "sft.jsonl", lines=True)
+    improved = RunDir(run_dir).stages()
+    improve_stage = [s for s in improved if s.name.startswith("improve")][0].read(["instruction", "improved", "strategy"])
+    assert set(sft["messages"].map(lambda m: m[1]["content"])) <= set(improve_stage["improved"])
+    assert json.loads((run_dir / "current_model.json").read_text())["name"] == "refed-iter-01"
+    for t in (0, 1):
+        strict = json.loads((run_dir / "eval" / f"iter-{t:02d}.json").read_text())["ifeval"]["prompt_strict"]
+        assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 4
+
+
+def test_report_shows_references_rates_and_ifeval(refed_run):
+    run_dir = refed_run["run_dir"]
+    run_raysynth("report", str(run_dir))
+    page = (run_dir / "report.html").read_text()
+    for text in ("references", "new instructions", "instruction feedback JSON repaired", "improvement JSON unusable",
+                 "judge keep rate", "ifeval prompt strict", ">iter-00/instruction-feedback<", ">iter-01/improve<"):
+        assert text in page, text
+    assert "judge keep rate" in (run_dir / "summary.md").read_text()
+
+
+def test_sample_level_feedback_runs_on_each_answer(local_ray, tmp_path):
+    """The ablation's own step: response feedback written on a generated (instruction, response)."""
+    from raysynth.config import RefedConfig, EngineConfig
+    from raysynth.models import engine_for
+    from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
+    from raysynth.steps.refed import refed_steps
+
+    run, lineage = RunDir(tmp_path / "run"), Lineage("refed", 1, "smollm2-135m")
+    answers = write_source_stage(run, 1, "answer", [{"instruction": "Name a fruit.", "response": "Apple."},
+                                                    {"instruction": "Say hi.", "response": "Hi!"}], {"t": 1}, lineage)
+    step = refed_steps(RefedConfig(steps={"response_feedback": {"max_tokens": 96}}))["sample_feedback"]
+    stage = run_llm_stage(run, 1, step, answers, *engine_for(EngineConfig(batch_size=2), "smollm2-135m"), lineage)
+    manifest = stage.manifest()
+    assert manifest["rows_in"] == 2 and manifest["rows_out"] + sum(manifest["rejected"].values()) == 2
+    for row in stage.read().to_dict("records"):
+        assert len(row["strengths"]) >= 1 and len(row["improvements"]) >= 1 and row["instruction"]

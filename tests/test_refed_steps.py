@@ -1,0 +1,127 @@
+"""Reference-level feedback's pure pieces on fixed strings: JSON replies parsed, repaired or dropped,
+feedback parsing, the synthesis prompts, one-shot answers, improvement parsing, the requests per
+reference and feature, the repair and failure rates, config errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from raysynth.config import ConfigError, RefedConfig, load_config
+from raysynth.pipeline import Lineage, parse_and_commit, write_source_stage
+from raysynth.recipes.refed import json_rates, reference_rows, synthesis_requests
+from raysynth.steps import Rejection
+from raysynth.steps.json_reply import parse_json_reply
+from raysynth.steps.refed import (FEATURES, parse_generated_instruction, parse_improve, parse_instruction_feedback,
+                                  parse_response_feedback, refed_steps)
+from raysynth.store import RunDir
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = {"reference": 0, "ref_prompt": "Give three tips for staying healthy.", "ref_output": "1. Eat well. 2. Sleep. 3. Move."}
+
+
+def test_json_replies_parse_repair_or_reject():
+    assert parse_json_reply('{"a": ["x"]}', ("a",)) == ({"a": ["x"]}, False)
+    assert parse_json_reply('Sure: {"a": ["x", "y"', ("a",)) == ({"a": ["x", "y"]}, True)  # truncated
+    assert parse_json_reply("{a: ['x']}", ("a",)) == ({"a": ["x"]}, True)
+    for reply in ("I cannot answer that.", '{"a": []}', '{"b": ["x"]}', '["x"]'):
+        with pytest.raises(Rejection) as caught:
+            parse_json_reply(reply, ("a",))
+        assert caught.value.reason == "unusable_json"
+
+
+def test_feedback_parsing_cleans_and_limits_lists():
+    [row] = parse_instruction_feedback('{"subject_areas": ["health", " ", "nutrition"], "skills": "advice"}', {}, 5)
+    assert row == {"subject_areas": ["health", "nutrition"], "skills": ["advice"], "json_repaired": False}
+    [row] = parse_response_feedback('{"strengths": ["a", "b", "c"], "improvements": ["d"]', {}, 2)
+    assert row["strengths"] == ["a", "b"] and row["improvements"] == ["d"] and row["json_repaired"]
+    with pytest.raises(Rejection):
+        parse_instruction_feedback('{"subject_areas": [" "], "skills": ["x"]}', {}, 5)
+
+
+def test_generation_is_steered_by_one_feature_of_the_reference():
+    step = refed_steps(RefedConfig(instructions_per_feature=10))["generate"]
+    assert step.sampling.n == 10  # paper: 10 per feature, 20 per reference
+    row = {**REFERENCE, "subject_areas": ["health", "nutrition"], "skills": ["giving advice"]}
+    for feature in ("subject_areas", "skills"):
+        prompt = step.build({**row, "feature": feature}, step.template)[0]["content"]
+        assert REFERENCE["ref_prompt"] in prompt and FEATURES[feature]["description"] in prompt
+        assert ("- health" in prompt) == (feature == "subject_areas") and ("- giving advice" in prompt) == (feature == "skills")
+    assert parse_generated_instruction("Instruction: List two fruits.", REFERENCE, 100) == [{"instruction": "List two fruits."}]
+    for reply, reason in (("", "empty"), ("x" * 101, "too_long"), (REFERENCE["ref_prompt"], "copied_reference")):
+        with pytest.raises(Rejection) as caught:
+            parse_generated_instruction(reply, REFERENCE, 100)
+        assert caught.value.reason == reason
+
+
+def test_answer_is_one_shot_with_the_reference_pair():
+    step = refed_steps(RefedConfig())["answer"]
+    messages = step.build({**REFERENCE, "instruction": "Name a fruit."}, step.template)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[1]["content"] == REFERENCE["ref_output"] and messages[2]["content"] == "Name a fruit."
+
+
+def test_improvement_uses_the_feedback_and_parses_its_three_parts():
+    cfg = RefedConfig()
+    step = refed_steps(cfg)["improve"]
+    row = {"instruction": "Name a fruit.", "response": "Apple", "strengths": ["concise"], "improvements": ["say why"]}
+    prompt = step.build(row, step.template)[0]["content"]
+    assert "- concise" in prompt and "- say why" in prompt and "Not every point applies" in prompt
+    assert step.json_schema["required"] == ["analysis", "strategy", "improved_response"]
+    reply = '{"analysis": "why applies", "strategy": "add a reason", "improved_response": "An apple: sweet and crisp."}'
+    assert parse_improve(reply, row)[0]["improved"] == "An apple: sweet and crisp."
+    assert parse_improve('{"analysis": "a", "improved_response": "Apple, because', row)[0]["json_repaired"]
+    sample = refed_steps(RefedConfig(feedback="sample"))["improve"]
+    assert sample.template_name == "improve_sample" and "Not every point" not in sample.template
+
+
+def test_requests_per_reference_and_feature_and_the_json_rates(tmp_path: Path):
+    run, lineage = RunDir(tmp_path / "run"), Lineage("refed", 0, "fixed")
+    refs = write_source_stage(run, 0, "references", [REFERENCE, {"reference": 1, "ref_prompt": "Add 2 and 2.", "ref_output": "4"},
+                                                      {"reference": 2, "ref_prompt": "Say hi.", "ref_output": "Hi!"}], {"t": 1}, lineage)
+    step = refed_steps(RefedConfig())["instruction_feedback"]
+    feedback = run.stage(0, "instruction-feedback", {"fixed": 1})
+    feedback.prepare({})
+    replies = ['{"subject_areas": ["health"], "skills": ["advice"]}',  # clean
+               '{"subject_areas": ["math"], "skills": ["arithmetic"]',  # truncated: repaired
+               "I am not sure."]  # unusable
+    batch = refs.read().assign(completions=[[r] for r in replies], finish_reasons=[["stop"]] * 3, tokens_in=1,
+                               tokens_out=1, engine_error="")
+    parse_and_commit(batch, step, str(feedback.path), lineage, step.template_hash)
+    feedback.commit({})
+    assert json_rates(feedback, "instruction feedback") == {"instruction feedback JSON repaired": 1 / 3,
+                                                            "instruction feedback JSON unusable": 1 / 3}
+    requests = synthesis_requests(feedback, ["subject_areas", "skills"])
+    assert len(requests) == 4 and {r["feature"] for r in requests} == {"subject_areas", "skills"}
+    assert all(isinstance(r["skills"], list) and "strengths" not in r for r in requests)
+    json.dumps(requests)  # plain values: the request stage hashes them
+
+
+def test_references_default_to_the_shipped_alpaca_slice(tmp_path: Path):
+    rows = reference_rows(None, 5)
+    assert len(rows) == 5 and all(r["ref_prompt"] and r["ref_output"] for r in rows)
+    path = tmp_path / "refs.jsonl"
+    path.write_text(json.dumps({"prompt": "Hi?", "response": "Hello."}) + "\n")
+    assert reference_rows(path, None) == [{"reference": 0, "ref_prompt": "Hi?", "ref_output": "Hello."}]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("refed:\n  feedback: sample_level\n", r"field 'refed.feedback'"),
+    ("refed:\n  features: [topics]\n", r"field 'refed.features.0'"),
+    ("refed:\n  references: nowhere.jsonl\n", r"field 'refed.references': file not found"),
+    ("refed:\n  instructions_per_feature: 0\n", r"field 'refed.instructions_per_feature'"),
+    ("train: {method: simpo}\n", r"field 'train': .*expected method sft"),
+])
+def test_config_errors_name_the_file_and_field(tmp_path: Path, body: str, message: str):
+    path = tmp_path / "refed.yaml"
+    path.write_text("recipe: refed\n" + body)
+    with pytest.raises(ConfigError, match=r"refed.yaml: .*" + message):
+        load_config(path)
+
+
+def test_shipped_refed_configs_validate():
+    small = load_config(REPO / "configs" / "refed-small.yaml")
+    assert small.refed.judge_filter and small.refed.diversity_filter.rouge_l_max == 0.7
+    job = load_config(REPO / "jobs" / "refed.yaml", ["refed.references=null"])
+    assert job.refed.instructions_per_feature == 10 and job.refed.reference_limit * 20 == 10000
+    assert job.train.method == "sft" and job.engine.num_gpus == 1
