@@ -144,6 +144,7 @@ def _progress_step(out: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_checkpoint(local_ray, base_model, tmp_path):
+    import ray
     from ray.util.state import list_actors
 
     from raysynth.train import train_model
@@ -160,7 +161,10 @@ def test_killed_worker_resumes_from_checkpoint(local_ray, base_model, tmp_path):
     while _progress_step(tmp_path / "out") < cfg.save_steps + 2:
         assert time.time() < deadline and thread.is_alive(), "training made no progress"
         time.sleep(0.5)
-    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name]
+    # This test's own Ray (another local Ray on the machine must not make the lookup ambiguous).
+    address = ray.get_runtime_context().gcs_address
+    workers = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
+               if "TrainWorker" in a.class_name]
     assert workers, "no live Ray Train worker found"
     os.kill(workers[0].pid, signal.SIGKILL)
     thread.join(timeout=600)
