@@ -84,8 +84,8 @@ def test_requests_per_reference_and_feature_and_the_json_rates(tmp_path: Path):
     feedback.prepare({})
     replies = ['{"subject_areas": ["health"], "skills": ["advice"]}',  # clean
                '{"subject_areas": ["math"], "skills": ["arithmetic"]',  # truncated: repaired
-               "I am not sure."]  # unusable
-    batch = refs.read().assign(completions=[[r] for r in replies], finish_reasons=[["stop"]] * 3, tokens_in=1,
+               "I am not"]  # unusable, and cut off by max_tokens
+    batch = refs.read().assign(completions=[[r] for r in replies], finish_reasons=[["stop"], ["stop"], ["length"]], tokens_in=1,
                                tokens_out=1, engine_error="")
     parse_and_commit(batch, step, str(feedback.path), lineage, step.template_hash)
     feedback.commit({})

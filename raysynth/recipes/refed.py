@@ -64,7 +64,8 @@ def json_rates(stage: StageDir, label: str) -> dict[str, float]:
     total = max(1, manifest["rows_in"])
     repaired = int(stage.read(["json_repaired"])["json_repaired"].sum()) if manifest["rows_out"] else 0
     return {f"{label} JSON repaired": repaired / total,
-            f"{label} JSON unusable": manifest["rejected"].get("unusable_json", 0) / total}
+            f"{label} JSON unusable": sum(n for reason, n in manifest["rejected"].items()  # + "_truncated"
+                                          if reason.startswith("unusable_json")) / total}
 
 
 def run(cfg: RefedRun) -> dict[str, Any]:
