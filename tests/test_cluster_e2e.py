@@ -30,7 +30,8 @@ def test_two_node_cluster(tmp_path: Path):
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         ray.shutdown()
         run_dir = tmp_path / "run"
-        config = write_tiny_config(tmp_path, run_dir, rounds=0)
+        # Per-stage autoscaling engine pools, as the cluster jobs (jobs/*.yaml) run them.
+        config = write_tiny_config(tmp_path, run_dir, rounds=0, keep_alive=False)
         run_raysynth("run", str(config), env={"RAY_ADDRESS": cluster.address})
         assert sft_count(run_dir) >= 3
     finally:

@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -103,3 +104,21 @@ def test_judges_on_the_embedded_model(local_ray, tmp_path):
     assert manifest["rows_out"] + sum(manifest["rejected"].values()) == len(pairs)
     assert set(manifest["rejected"]) <= {"gap_below_threshold", "score_error"}
     assert kept.empty or (kept["score_gap"] == 2.0).all()
+
+    # Both judge stages (and the pairwise judge's two orders) ran on one kept engine actor, still
+    # alive for the next stage until released.
+    import ray
+    from ray.util.state import list_actors
+
+    from raysynth.pipeline import release_engines
+
+    def engines(state: str) -> list:
+        return [a for a in list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", state)])
+                if a.class_name == "VLLMEngine"]
+
+    assert len(engines("ALIVE")) == 1 and not engines("DEAD")
+    release_engines()
+    deadline = time.time() + 60
+    while engines("ALIVE") and time.time() < deadline:
+        time.sleep(1)
+    assert not engines("ALIVE") and len(engines("DEAD")) == 1

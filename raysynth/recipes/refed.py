@@ -47,6 +47,8 @@ def reference_rows(path: Path | None, limit: int | None) -> list[dict[str, Any]]
 def synthesis_requests(feedback: StageDir, features: list[str]) -> list[dict[str, Any]]:
     """One request per (reference, instruction feature), carrying the reference and its feedback."""
     frame = feedback.read()
+    if not len(frame):  # no reference got usable feedback
+        return []
     columns = ["reference", "ref_prompt", "ref_output", *[c for c in FEEDBACK_COLUMNS if c in frame.columns]]
     rows = frame[columns].sort_values("reference", kind="stable").to_dict("records")
 

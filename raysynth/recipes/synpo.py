@@ -78,7 +78,9 @@ def generator_rows(seeds: list[dict[str, str]], keyword_cfg, template: str, seed
 def best_worst(scored: pd.DataFrame) -> list[dict[str, Any]]:
     """Sampling-ranking: per prompt, the best and the worst sample by score against sample 0 (which
     scores 0 against itself) as (chosen, rejected) with their score gap."""
-    pairs = []
+    pairs: list[dict[str, Any]] = []
+    if not len(scored):
+        return pairs
     for prompt_id, group in scored.groupby("prompt_id"):
         first = group.iloc[0]
         ranked = [(0.0, str(first["reference"]))] + list(zip(group["score_a"].astype(float), group["response"].astype(str)))

@@ -10,8 +10,8 @@ import pandas as pd
 import ray
 
 from raysynth.config import EngineConfig, ScorerConfig
-from raysynth.pipeline import (Lineage, commit_decisions, finish_stage, open_stage, run_llm_stage, run_stage,
-                               write_source_stage)
+from raysynth.pipeline import (Lineage, commit_decisions, finish_stage, open_stage, release_engines, run_llm_stage,
+                               run_stage, write_source_stage)
 from raysynth.score.filters import gap_reason, repetition_reason
 from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
 from raysynth.store import RunDir, StageDir
@@ -85,6 +85,7 @@ def run_score_stage(run: RunDir, iteration: int, name: str, source: StageDir, sc
     identity = {"scorer": scorer.model_dump(mode="json"), "columns": list(columns), "input": source.name}
 
     def add_ops(ds, stage: StageDir):
+        release_engines()  # the reward model's actors need the CPUs / GPUs the kept engines hold
         ds = ds.map_batches(ScoreActor, batch_format="pandas", batch_size=scorer.batch_size,
                             compute=ray.data.ActorPoolStrategy(min_size=scorer.concurrency[0],
                                                                max_size=scorer.concurrency[1]),
@@ -128,10 +129,11 @@ def run_pair_scores(run: RunDir, iteration: int, name: str, source: StageDir, sc
         return stage
     winners = dict(combine_pairwise(verdicts.read(["pair_id", "order", "judge_winner"])).values.tolist())
     frame = rows.copy()
-    outcome = frame["id"].map(lambda i: winners.get(i, "incomplete"))
-    frame["score_a"] = outcome.map(lambda w: JUDGE_SCORE.get(w, float("nan")))
-    frame["score_b"] = -frame["score_a"]
-    frame["score_gap"] = frame["score_a"] - frame["score_b"]
-    frame["score_error"] = outcome.map(lambda w: "" if w in JUDGE_SCORE else "judge verdict missing in an order")
+    if len(frame):  # an empty source (every row dropped before) has no columns to add to
+        outcome = frame["id"].map(lambda i: winners.get(i, "incomplete"))
+        frame["score_a"] = outcome.map(lambda w: JUDGE_SCORE.get(w, float("nan")))
+        frame["score_b"] = -frame["score_a"]
+        frame["score_gap"] = frame["score_a"] - frame["score_b"]
+        frame["score_error"] = outcome.map(lambda w: "" if w in JUDGE_SCORE else "judge verdict missing in an order")
     filter_and_commit(frame, name, str(stage.path), lineage, scorer.threshold, scorer.max_repetition, a)
     return finish_stage(stage, identity, len(rows))

@@ -100,6 +100,8 @@ def combine_pairwise(verdicts: pd.DataFrame) -> pd.DataFrame:
             return "incomplete"
         return seen[0] if seen[0] == seen[1] else "tie"
 
+    if not len(verdicts):  # every verdict unparseable, or nothing judged
+        return pd.DataFrame({"pair_id": pd.Series(dtype=str), "winner": pd.Series(dtype=str)})
     winners = verdicts.groupby("pair_id")[["order", "judge_winner"]].apply(decide)
     return winners.rename("winner").reset_index()
 

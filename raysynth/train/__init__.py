@@ -52,6 +52,10 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from raysynth.pipeline import release_engines
+
+    release_engines()  # the workers need the CPUs / GPUs and memory the kept engines hold
+
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,

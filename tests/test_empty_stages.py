@@ -1,0 +1,48 @@
+"""A stage whose source kept no row (every instruction below the threshold, every reply unusable)
+commits an empty stage, and the next stages do too: the run goes on, it never crashes on the
+missing columns of an empty table. No engine starts: there is nothing to generate."""
+
+import pandas as pd
+
+from raysynth.config import SELF_INSTRUCT_FILTER, EngineConfig, ISheepConfig, ScorerConfig
+from raysynth.pipeline import Lineage, run_decision_stage, run_llm_stage, write_source_stage
+from raysynth.recipes.refed import synthesis_requests
+from raysynth.recipes.synpo import best_worst
+from raysynth.score.filter_stage import run_filter_stage
+from raysynth.score.stage import run_pair_scores
+from raysynth.steps.isheep import isheep_steps
+from raysynth.steps.judge import combine_pairwise
+from raysynth.store import RunDir
+
+LINEAGE = Lineage("test", 1, "smollm2-135m")
+
+
+def empty_source(run: RunDir):
+    return write_source_stage(run, 1, "nothing-kept", [], {"rows": "none"}, LINEAGE)
+
+
+def test_an_empty_source_commits_empty_stages_down_the_chain(tmp_path):
+    run = RunDir(tmp_path)
+    source = empty_source(run)
+    assert source.committed and source.rows_out() == 0 and len(source.read()) == 0
+
+    def decide(frame: pd.DataFrame):
+        raise AssertionError("nothing to decide on")
+
+    decided = run_decision_stage(run, 1, "score-filter", {"input": source.name}, source, decide, "response", LINEAGE,
+                                 extra_columns=("quality_score",))
+    filtered = run_filter_stage(run, 1, "instruction-filter", decided, "instruction", SELF_INSTRUCT_FILTER, LINEAGE,
+                                reference=["a seed task"])
+    answered = run_llm_stage(run, 1, isheep_steps(ISheepConfig())["answer"], filtered, EngineConfig(),
+                             "/no/model/needed", LINEAGE)
+    judged = run_pair_scores(run, 1, "judge", answered, ScorerConfig(kind="llm_judge"),
+                             ("instruction", "improved", "response"), LINEAGE, EngineConfig(), "/no/model/needed")
+    for stage in (decided, filtered, answered, judged):
+        manifest = stage.manifest()
+        assert stage.committed and (manifest["rows_in"], manifest["rows_out"]) == (0, 0), stage.name
+
+
+def test_helpers_take_an_empty_stage(tmp_path):
+    assert best_worst(pd.DataFrame()) == []
+    assert combine_pairwise(pd.DataFrame(columns=["pair_id", "order", "judge_winner"])).empty
+    assert synthesis_requests(empty_source(RunDir(tmp_path)), ["subject areas", "skills"]) == []
