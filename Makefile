@@ -34,6 +34,7 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/stages.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/keywords.py
 

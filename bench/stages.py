@@ -1,0 +1,61 @@
+"""A chain of short LLM stages with the engine kept alive between stages, against per-stage engine
+pools (`engine.keep_alive: false`), in one run.
+
+Each side runs the same chain through `pipeline.run_llm_stage`, the recipes' entry: `--stages`
+consecutive answer stages on the same model, each over the rows the previous one made (`--rows` rows,
+`--max-tokens` tokens). Prints each side's seconds per stage and the ratio. The kept engine pays one
+engine start for the whole chain; the per-stage pools pay one per stage, which dominates short stages
+(small-model iterations, tests); long stages amortise it.
+Usage: python bench/stages.py [--stages 4] [--rows 16] [--max-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from raysynth.config import EngineConfig, ISheepConfig
+from raysynth.models import resolve_model
+from raysynth.pipeline import Lineage, init_ray, release_engines, run_llm_stage, write_source_stage
+from raysynth.steps.isheep import isheep_steps
+from raysynth.store import RunDir
+
+
+def chain(keep_alive: bool, stages: int, rows: int, max_tokens: int) -> float:
+    """Seconds for `stages` answer stages in a row, each over the rows the previous one made."""
+    run = RunDir(Path(tempfile.mkdtemp()) / "run")
+    lineage = Lineage("bench", 1, "smollm2-135m")
+    engine = EngineConfig(batch_size=8, keep_alive=keep_alive)
+    answer = isheep_steps(ISheepConfig())["answer"]
+    source = write_source_stage(run, 1, "instructions", [
+        {"instruction": f"Write one sentence about the number {i}.", "input": "",
+         "prompt": f"Write one sentence about the number {i}."} for i in range(rows)], {"rows": rows}, lineage)
+    started = time.time()
+    for k in range(stages):
+        step = replace(answer, name=f"answer-{k}", sampling=answer.sampling.model_copy(
+            update={"max_tokens": max_tokens, "temperature": 0.7}))
+        source = run_llm_stage(run, 1, step, source, engine, resolve_model("smollm2-135m"), lineage)
+    release_engines()
+    return time.time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args()
+    init_ray()
+    per_stage = chain(False, args.stages, args.rows, args.max_tokens)
+    kept = chain(True, args.stages, args.rows, args.max_tokens)
+    print(f"stages={args.stages} rows={args.rows} max_tokens={args.max_tokens} model=smollm2-135m")
+    print(f"  per-stage engine pools : {per_stage:6.1f} s = {per_stage / args.stages:5.1f} s/stage")
+    print(f"  kept engine            : {kept:6.1f} s = {kept / args.stages:5.1f} s/stage")
+    print(f"  speed-up (per-stage / kept): {per_stage / kept:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
