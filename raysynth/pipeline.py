@@ -205,8 +205,16 @@ def _engine_class(engine: EngineConfig):
 
 
 # The engine actors kept between stages: one model's at a time, as one KV cache fills the share of
-# RAM (CPU) or GPU memory given to it. Keyed by the Ray job too: a new `ray.init` has none of them.
+# RAM (CPU) or GPU memory given to it.
 _kept_engines: dict[str, Any] = {}
+
+
+def _ray_instance() -> str:
+    """This driver's connection to Ray: after a `ray.shutdown` and a new `ray.init` the kept actors are
+    gone. The job id alone does not tell (each new local Ray numbers its first job 01000000); the
+    driver's node id is new with every Ray start."""
+    context = ray.get_runtime_context()
+    return f"{context.get_node_id()}/{context.get_job_id()}"
 
 
 def engine_actors(engine: EngineConfig, model_dir: str) -> list[Any]:
@@ -215,11 +223,11 @@ def engine_actors(engine: EngineConfig, model_dir: str) -> list[Any]:
     from raysynth.engine import VLLMEngine
 
     settings = engine.model_dump(mode="json", exclude={"batch_size", "keep_alive", "endpoint"})
-    key = stable_hash([ray.get_runtime_context().get_job_id(), model_dir, settings])
+    key = stable_hash([_ray_instance(), model_dir, settings])
     if _kept_engines.get("key") != key:
         release_engines()
         actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus)
-        _kept_engines.update(key=key, job=ray.get_runtime_context().get_job_id(),
+        _kept_engines.update(key=key, ray=_ray_instance(),
                              actors=[actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])])
     return _kept_engines["actors"]
 
@@ -227,7 +235,7 @@ def engine_actors(engine: EngineConfig, model_dir: str) -> list[Any]:
 def release_engines() -> None:
     """Stop the kept engine actors, giving back their CPUs, GPUs and memory: called before work that
     needs them (training, reward-model scoring, self-statistics)."""
-    if _kept_engines and ray.is_initialized() and _kept_engines["job"] == ray.get_runtime_context().get_job_id():
+    if _kept_engines and ray.is_initialized() and _kept_engines["ray"] == _ray_instance():
         for actor in _kept_engines["actors"]:
             ray.kill(actor)
     _kept_engines.clear()
