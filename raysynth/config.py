@@ -183,12 +183,7 @@ class ScorerConfig(Strict):
                                          "4-gram share exceeds this (SynPO: 50%); None: off")
     max_length: int = Field(2048, ge=16, description="tokens per scored input")
     batch_size: int = Field(16, ge=1)
-    concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool; with keep_alive, "
-                                         "max engines are started and kept")
-    keep_alive: bool = Field(True, description="keep a model's engine actors alive from one LLM stage to the next "
-                             "while the model stays the same (saves the ~25 s engine start per stage on CPU); "
-                             "false: each stage starts a Ray Data actor pool that scales between concurrency "
-                             "(min, max) and ends with the stage")
+    concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)
 
@@ -456,12 +451,7 @@ class DataFilterConfig(Strict):
     per_cluster: int = Field(1, ge=1, description="rows kept from each cluster (the paper does not say how many)")
     max_length: int = Field(2048, ge=16, description="tokens per (instruction, response) scored")
     batch_size: int = Field(16, ge=1)
-    concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool; with keep_alive, "
-                                         "max engines are started and kept")
-    keep_alive: bool = Field(True, description="keep a model's engine actors alive from one LLM stage to the next "
-                             "while the model stays the same (saves the ~25 s engine start per stage on CPU); "
-                             "false: each stage starts a Ray Data actor pool that scales between concurrency "
-                             "(min, max) and ends with the stage")
+    concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)
 

