@@ -10,6 +10,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+
+def unexpected_skips(terminal) -> list:
+    """Skipped tests that were not marked for hardware this machine lacks (`gpu`)."""
+    return [r for r in terminal.stats.get("skipped", []) if "gpu" not in r.keywords]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the skip count, and why a skip fails the suite: a test that silently does not run on a
+    user's fresh clone tells nobody anything."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    unexpected = unexpected_skips(terminalreporter)
+    terminalreporter.write_line(f"skipped tests: {len(skipped)} ({len(skipped) - len(unexpected)} marked gpu)")
+    for report in unexpected:
+        terminalreporter.write_line(f"FAIL (skipped without a gpu marker): {report.nodeid}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if exitstatus == 0 and terminal is not None and unexpected_skips(terminal):
+        session.exitstatus = 1
+
 # A chain small enough for CI, greedy so that an interrupted run must equal an uninterrupted one,
 # batch_size 2 so that every stage has several batches to resume between.
 TINY_CONDOR = """\

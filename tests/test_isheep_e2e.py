@@ -9,12 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, kill_driver_when, partly_committed, run_raysynth
+from conftest import kill_driver_when, partly_committed, run_raysynth
 from raysynth.store import RunDir
 
 pytestmark = pytest.mark.slow
-
-SHARED = REPO.parent / "shared"
 
 # batch_size 2 so every stage has several batches to be killed between. Threshold 1 keeps every
 # parsed assessment: the 135M model grades mostly 1 or 10, and a lower count could leave an iteration
@@ -27,7 +25,6 @@ engine:
   model: smollm2-135m
   batch_size: 2
 isheep:
-  seed_tasks: {shared}/data/seed/self_instruct_seed_tasks.jsonl
   iterations: 2
   instructions_per_iteration: 8
   assessment: {{threshold: 1, max_explanation_chars: 60}}
@@ -47,12 +44,10 @@ eval:
 
 @pytest.fixture(scope="module")
 def isheep_run(tmp_path_factory):
-    if not (SHARED / "data" / "seed" / "self_instruct_seed_tasks.jsonl").is_file():
-        pytest.skip("needs ../shared/data (the Self-Instruct seed tasks)")
     directory = tmp_path_factory.mktemp("isheep")
     run_dir = directory / "run"
     config = directory / "tiny-isheep.yaml"
-    config.write_text(TINY_ISHEEP.format(run_dir=run_dir, shared=SHARED))
+    config.write_text(TINY_ISHEEP.format(run_dir=run_dir))
     killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 2), 1500)
     assert killed_in is not None, "the run ended before a stage of iteration 2 was partly done"
     markers_at_kill = {m.name for m in (killed_in.path / "_done").glob("*.json")}

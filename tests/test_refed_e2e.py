@@ -10,12 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, kill_driver_when, partly_committed, run_raysynth
+from conftest import kill_driver_when, partly_committed, run_raysynth
 from raysynth.store import RunDir
 
 pytestmark = pytest.mark.slow
-
-SHARED = REPO.parent / "shared"
 
 TINY_REFED = """\
 recipe: refed
@@ -25,7 +23,6 @@ engine:
   model: smollm2-135m
   batch_size: 2
 refed:
-  references: {shared}/data/seed/alpaca_3k.jsonl
   reference_limit: 3
   instructions_per_feature: 2
   diversity_filter: {{rouge_l_max: 0.7}}
@@ -52,12 +49,10 @@ def feedback_stages(run_dir: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def refed_run(tmp_path_factory):
-    if not (SHARED / "data" / "seed" / "alpaca_3k.jsonl").is_file():
-        pytest.skip("needs ../shared/data (the Alpaca references)")
     directory = tmp_path_factory.mktemp("refed")
     run_dir = directory / "run"
     config = directory / "tiny-refed.yaml"
-    config.write_text(TINY_REFED.format(run_dir=run_dir, shared=SHARED))
+    config.write_text(TINY_REFED.format(run_dir=run_dir))
     killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 1), 1500)
     assert killed_in is not None, "the run ended before a synthesis stage was partly done"
     feedback_at_kill = feedback_stages(run_dir)

@@ -10,7 +10,7 @@ import pytest
 
 from raysynth.models import resolve_model
 from raysynth.store import RunDir
-from conftest import REPO, kill_driver_when, partly_committed, run_raysynth
+from conftest import kill_driver_when, partly_committed, run_raysynth
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +23,7 @@ engine:
   model: smollm2-135m
   batch_size: 2
 synpo:
-  seed_data: {shared}/data/seed/alpaca_3k.jsonl
   seed_limit: 8
-  corpus: [{shared}/data/corpus/paragraphs.jsonl]
   iterations: 2
   prompts_per_iteration: 6
   pairs_per_iteration: 4
@@ -43,17 +41,12 @@ eval:
   judge: {{pairwise: {{max_tokens: 64}}, max_explanation_chars: 80}}
 """
 
-SHARED = REPO.parent / "shared"
-
-
 @pytest.fixture(scope="module")
 def synpo_run(tmp_path_factory):
-    if not (SHARED / "data" / "corpus" / "paragraphs.jsonl").is_file():
-        pytest.skip("needs ../shared/data (the test corpus and seed data)")
     directory = tmp_path_factory.mktemp("synpo")
     run_dir = directory / "run"
     config = directory / "tiny-synpo.yaml"
-    config.write_text(TINY_SYNPO.format(run_dir=run_dir, shared=SHARED))
+    config.write_text(TINY_SYNPO.format(run_dir=run_dir))
 
     # Kill the driver once a stage of iteration 1 is partly committed, as a crash would.
     killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 1), 1500)
