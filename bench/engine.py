@@ -1,114 +1,114 @@
-"""Engine throughput: the Ray Data vLLM stage against bare `vllm.LLM.generate`, in one run.
+"""Engine throughput: raysynth's default LLM-stage path against bare `vllm.LLM.generate`, same prompts.
 
-Same prompts, same sampling, same engine arguments. Prints tokens/s of each and two ratios:
-- generation: bare times `LLM.generate` alone (as vLLM's own throughput benchmark does); the Ray side
-  times from the moment its actor's engine is ready to the last row reaching the driver, so Ray Data's
-  scheduling, object-store transfer and the driver loop all count. The target (>= 0.9 at 256 prompts)
-  is on this ratio.
-- end to end: vllm import + engine start + generation on both sides; the Ray side also starts an actor
-  process. A fixed cost that a long stage pays once.
-Single-node: the engine-ready time is written by the actor and read by the driver from a local file.
-Usage: python bench/engine.py [--prompts 256] [--max-tokens 128]
+- raysynth: `pipeline.run_llm_stage` as the recipes call it, with the engine kept alive (the default):
+  prompts built from the rows, batches of `engine.batch_size` handed to the engine actor, replies
+  parsed, every batch committed to the stage store.
+- bare: the same chat-templated prompts, all at once, to `LLM.generate` in one process.
+
+Two timings per side: "generation" (the engine already loaded: the raysynth side from a ready engine
+actor to the committed stage, the bare side `LLM.generate` alone) and "end to end" (vllm import and
+engine start included; Ray's own start is not, as a run pays it once). Each measurement runs in a fresh
+process; each side is warmed once, then measured `--repeats` times, interleaved in alternating order.
+Ratios are of the medians' tokens/s (raysynth / bare).
+
+    python bench/engine.py [--prompts 256] [--max-tokens 128] [--repeats 3] [--out bench/results-engine.txt]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from raysynth.config import EngineConfig, SamplingConfig
-from raysynth.engine import VLLMStage
 from raysynth.models import resolve_model
-from raysynth.recipes.condor import leaf_tags, load_tag_tree
+from raysynth.recipes.synpo import SHIPPED_SEED
+from raysynth.steps.eval import build_respond, respond_step
 
-ALPACA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "seed" / "alpaca_3k.jsonl"
+MODEL = "smollm2-135m"
 
 
 def load_prompts(count: int) -> list[str]:
-    if ALPACA.exists():
-        rows = [json.loads(line) for line in ALPACA.read_text().splitlines()[:count]]
-        return [(r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")) for r in rows]
-    tags = leaf_tags(load_tag_tree(None))
-    return [f"Explain {path[-1]} ({path[0]}) to a curious student." for path in (tags * 8)[:count]]
+    """The first `count` instructions of the shipped Alpaca slice (with their inputs)."""
+    rows = [json.loads(line) for line in Path(SHIPPED_SEED).read_text().splitlines()[:count]]
+    return [r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "") for r in rows]
 
 
-class TimedVLLMStage(VLLMStage):
-    """The stage as the pipeline runs it, plus a note of when its engine became ready."""
-
-    def __init__(self, ready_file: str, **kwargs):
-        super().__init__(**kwargs)
-        Path(ready_file).write_text(str(time.time()))
+def sampling(max_tokens: int) -> SamplingConfig:
+    return SamplingConfig(temperature=0.7, max_tokens=max_tokens, structured=False)
 
 
-def bare(engine: EngineConfig, model_dir: str, sampling: SamplingConfig,
-         prompts: list[str]) -> tuple[float, float, int]:
-    """(end-to-end seconds, generate seconds, tokens)."""
-    started = time.time()  # the import counts: the Ray actor imports vllm too
+def bare(prompts: list[str], max_tokens: int) -> dict[str, float]:
+    started = time.time()
     from vllm import LLM
 
     from raysynth.engine import chat_token_ids, engine_kwargs, sampling_params, token_prompt
 
-    llm = LLM(**engine_kwargs(engine, model_dir, sampling.seed, offline=True))
+    step, engine = respond_step(sampling(max_tokens)), EngineConfig(model=MODEL)
+    llm = LLM(**engine_kwargs(engine, resolve_model(MODEL), 0, offline=True))
     tok = llm.get_tokenizer()
-    ids = [chat_token_ids(tok, [{"role": "user", "content": p}]) for p in prompts]
+    ids = [chat_token_ids(tok, build_respond({"prompt": p}, step.template)) for p in prompts]
     generate_started = time.time()
-    outs = llm.generate([token_prompt(i) for i in ids], sampling_params(sampling), use_tqdm=False)
-    tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    outs = llm.generate([token_prompt(i) for i in ids], sampling_params(step.sampling), use_tqdm=False)
     ended = time.time()
-    del llm
-    gc.collect()
-    return ended - started, ended - generate_started, tokens
+    return {"tokens": sum(len(c.token_ids) for o in outs for c in o.outputs),
+            "generation_s": ended - generate_started, "end_to_end_s": ended - started}
 
 
-def ray_stage(engine: EngineConfig, model_dir: str, sampling: SamplingConfig,
-              prompts: list[str]) -> tuple[float, float, int]:
-    """(end-to-end seconds, seconds from engine ready to the last row on the driver, tokens)."""
+def raysynth(prompts: list[str], max_tokens: int) -> dict[str, float]:
     import ray
 
-    from raysynth.pipeline import init_ray
+    from raysynth.pipeline import Lineage, engine_actors, init_ray, run_llm_stage, write_source_stage
+    from raysynth.store import RunDir
 
     init_ray()
-    ready_file = Path(tempfile.mkdtemp()) / "engine_ready"
+    run, lineage = RunDir(Path(tempfile.mkdtemp()) / "run"), Lineage("bench", 0, MODEL)
+    source = write_source_stage(run, 0, "prompts", [{"prompt": p} for p in prompts], {"n": len(prompts)}, lineage)
+    engine, model_dir = EngineConfig(model=MODEL), resolve_model(MODEL)
     started = time.time()
-    ds = ray.data.from_items([{"id": str(i), "prompt_messages": json.dumps([{"role": "user", "content": p}])}
-                              for i, p in enumerate(prompts)])
-    ds = ds.map_batches(TimedVLLMStage, batch_format="pandas", batch_size=engine.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=engine.num_cpus,
-                        fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, "sampling": sampling,
-                                               "ready_file": str(ready_file)})
-    # Rows come back to the driver, as the pipeline's writer takes them; no aggregation actors. The
-    # clock stops when the last rows arrive, before Ray Data tears the actor's engine down (the bare
-    # side's clock also stops before `del llm`).
-    tokens, ended = 0, started
-    for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        tokens, ended = tokens + int(batch["tokens_out"].sum()), time.time()
-    return ended - started, ended - float(ready_file.read_text()), tokens
+    ray.get([actor.__ray_ready__.remote() for actor in engine_actors(engine, model_dir)])
+    generate_started = time.time()
+    stage = run_llm_stage(run, 0, respond_step(sampling(max_tokens)), source, engine, model_dir, lineage)
+    ended = time.time()
+    return {"tokens": stage.manifest()["tokens_out"], "generation_s": ended - generate_started,
+            "end_to_end_s": ended - started}
 
 
 def main() -> None:
+    from common import interleaved, spread, write_results
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results-engine.txt")
+    parser.add_argument("--side", choices=["bare", "raysynth"], help="one measurement (used by the bench itself)")
     args = parser.parse_args()
-    prompts = load_prompts(args.prompts)
-    engine = EngineConfig(model=args.model, batch_size=len(prompts))
-    sampling = SamplingConfig(temperature=0.7, max_tokens=args.max_tokens, structured=False)
-    model_dir = resolve_model(args.model)
-
-    bare_total, bare_gen, bare_tokens = bare(engine, model_dir, sampling, prompts)
-    ray_total, ray_gen, ray_tokens = ray_stage(engine, model_dir, sampling, prompts)
-    print(f"prompts={len(prompts)} max_tokens={args.max_tokens} model={args.model}")
-    for phase, bare_s, ray_s in (("generation", bare_gen, ray_gen), ("end to end", bare_total, ray_total)):
-        bare_rate, ray_rate = bare_tokens / bare_s, ray_tokens / ray_s
-        print(f"[{phase}]")
-        print(f"  bare vllm.LLM.generate : {bare_tokens:7d} tokens in {bare_s:7.1f} s = {bare_rate:7.1f} tok/s")
-        print(f"  Ray Data VLLMStage     : {ray_tokens:7d} tokens in {ray_s:7.1f} s = {ray_rate:7.1f} tok/s")
-        print(f"  ratio (Ray / bare)     : {ray_rate / bare_rate:.3f}" + ("  (target >= 0.9)" if phase == "generation" else ""))
+    if args.side:
+        measure = bare if args.side == "bare" else raysynth
+        print(json.dumps(measure(load_prompts(args.prompts), args.max_tokens)))
+        return
+    runs = interleaved(Path(__file__), ["bare", "raysynth"], ["--prompts", str(args.prompts), "--max-tokens",
+                                                              str(args.max_tokens)], args.repeats)
+    lines = [f"prompts={args.prompts} max_tokens={args.max_tokens} temperature=0.7 model={MODEL} "
+             f"batch_size={EngineConfig().batch_size} repeats={args.repeats}"]
+    for phase in ("generation", "end_to_end"):
+        rates = {side: [r["tokens"] / r[f"{phase}_s"] for r in runs[side]] for side in runs}
+        lines.append(f"[{phase.replace('_', ' ')}]")
+        lines.append(f"  bare vllm.LLM.generate      : {spread(rates['bare'], '{:.1f}')} tok/s")
+        lines.append(f"  raysynth run_llm_stage      : {spread(rates['raysynth'], '{:.1f}')} tok/s")
+        ratios = [r / b for r, b in zip(rates["raysynth"], rates["bare"])]
+        lines.append(f"  ratio of medians            : {statistics.median(rates['raysynth']) / statistics.median(rates['bare']):.3f}"
+                     f"   (per round: {spread(ratios)})")
+    write_results(args.out, "python bench/engine.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in (("prompts", args.prompts), ("max_tokens", args.max_tokens),
+                                                     ("repeats", args.repeats))), lines,
+                  ["generation: the raysynth side from a ready kept engine actor to the committed stage (build, "
+                   "generate in batches, parse, commit); bare: LLM.generate on all prompts at once.",
+                   "end to end: vllm import and engine start included on both sides (Ray's start excluded)."])
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ def run(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where stages are stored; overrides run_dir. "
                                            "Re-running on the same dir skips committed stages and resumes."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: --set engine.batch_size=32 (repeatable)"),
+    stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Stop once this stage is committed, e.g. "
+                                             "iter-01/answer (see `raysynth status`); re-run without it to go on."),
 ) -> None:
     """Run a recipe end to end. Uses the Ray cluster in RAY_ADDRESS when set, else starts a local Ray."""
     from raysynth.config import load_config
     from raysynth.models import resolve_model
 
-    overrides = list(set_) + ([f"run_dir={run_dir}"] if run_dir else [])
+    overrides = list(set_) + ([f"run_dir={run_dir}"] if run_dir else []) + ([f"stop_after={stop_after}"] if stop_after else [])
     with _exit_on_user_error(model_field=f"{config}: field 'engine.model'"):
         cfg = load_config(config, overrides)
         resolve_model(cfg.engine.model)  # fail before anything is written
@@ -35,14 +37,21 @@ def run(
     from raysynth.pipeline import init_ray
     from raysynth.recipes import RECIPES
     from raysynth.status import print_status
-    from raysynth.store import atomic_write_bytes
+    from raysynth.store import StopRequested, atomic_write_bytes
 
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(cfg.run_dir / "config.yaml", _dump_yaml(cfg).encode())
     started = time.time()
     init_ray()
-    result = RECIPES[cfg.recipe](cfg)
+    try:
+        result = RECIPES[cfg.recipe](cfg)
+    except StopRequested as stop:
+        print_status(cfg.run_dir)
+        typer.echo(f"\n[stop] {stop}: stopped as asked (--stop-after). Re-run without it to go on.")
+        return
     print_status(cfg.run_dir)
+    if cfg.stop_after:
+        typer.echo(f"note: no stage {cfg.stop_after} was reached; the run went to its end (see raysynth status)")
     if "jsonl" in result:
         typer.echo(f"\n{result['rows']} samples in {result['jsonl']}\n(and {result['parquet']})")
     for step in result.get("iterations", []):

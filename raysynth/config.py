@@ -314,6 +314,9 @@ class RunHeader(Strict):
     run_dir: Path
     seed: int = 0
     engine: EngineConfig = EngineConfig()
+    stop_after: str | None = Field(None, pattern=r"^iter-\d{2}/[a-z0-9-]+$", description="stop once this stage "
+                                   "(iter-NN/name, e.g. iter-01/answer) is committed, before the next one opens: "
+                                   "to look at a stage, or to recompute one and compare it with another run")
 
 
 class CondorRun(RunHeader):

@@ -206,12 +206,13 @@ def start_async_engine(engine: EngineConfig, model_dir: str, seed: int = 0):
 
 
 def request_params(temperature: float, top_p: float, max_tokens: int, n: int, stop: list[str] | None,
-                   stream: bool):
+                   stream: bool, min_tokens: int = 0):
     """Sampling for one API request; a stream gets deltas, a plain request only the final output."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, stop=stop or None,
+                          min_tokens=min_tokens,
                           output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
 
 

@@ -252,7 +252,9 @@ def generate_on_engines(batch: pd.DataFrame, actors: list[Any], sampling: Sampli
 
 def open_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], quiet: bool = False) -> StageDir:
     """The stage's directory: left alone when already committed (the caller skips it), else
-    prepared for writing (leftovers of an interrupted run removed)."""
+    prepared for writing (leftovers of an interrupted run removed). Raises StopRequested first when
+    the run was asked to stop after a stage that is now committed."""
+    run.check_stop()
     stage = run.stage(iteration, name, identity)
     if stage.committed:
         if not quiet:

@@ -168,9 +168,23 @@ class StageDir:
         return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
 
 
+class StopRequested(Exception):
+    """The stage a run was asked to stop after (`stop_after`) is committed."""
+
+
 class RunDir:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, stop_after: str | None = None):
         self.path = Path(path)
+        self.stop_after = stop_after  # "iter-NN/name"
+
+    def check_stop(self) -> None:
+        """Raise StopRequested when the stage named by `stop_after` is committed."""
+        if self.stop_after is None:
+            return
+        iteration, name = self.stop_after.split("/")
+        for d in (self.path / iteration).glob(f"{name}-*"):
+            if d.name.rsplit("-", 1)[0] == name and (d / MANIFEST).exists():
+                raise StopRequested(f"{self.stop_after} is committed ({d})")
 
     def iteration_dir(self, iteration: int) -> Path:
         return self.path / f"iter-{iteration:02d}"

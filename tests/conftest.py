@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,8 +32,7 @@ def pytest_sessionfinish(session, exitstatus):
     if exitstatus == 0 and terminal is not None and unexpected_skips(terminal):
         session.exitstatus = 1
 
-# A chain small enough for CI, greedy so that an interrupted run must equal an uninterrupted one,
-# batch_size 2 so that every stage has several batches to resume between.
+# A chain small enough for CI, greedy unless a test asks for sampled answers, batch_size 2 so that every stage has several batches to resume between.
 TINY_CONDOR = """\
 recipe: condor
 run_dir: {run_dir}
@@ -50,15 +50,17 @@ condor:
   max_answer_chars: 400
   steps:
     question: {{temperature: 0, max_tokens: 200}}
-    answer: {{temperature: 0, max_tokens: 48, structured: false}}
+    answer: {{temperature: {answer_temperature}, max_tokens: 48, structured: false}}
     critique: {{temperature: 0, max_tokens: 120}}
     refine: {{temperature: 0, max_tokens: 160}}
 """
 
 
-def write_tiny_config(directory: Path, run_dir: Path, rounds: int = 1, keep_alive: bool = True) -> Path:
+def write_tiny_config(directory: Path, run_dir: Path, rounds: int = 1, keep_alive: bool = True,
+                      answer_temperature: float = 0) -> Path:
     path = directory / "tiny-condor.yaml"
-    path.write_text(TINY_CONDOR.format(run_dir=run_dir, rounds=rounds, keep_alive=str(keep_alive).lower()))
+    path.write_text(TINY_CONDOR.format(run_dir=run_dir, rounds=rounds, keep_alive=str(keep_alive).lower(),
+                                       answer_temperature=answer_temperature))
     return path
 
 
@@ -105,15 +107,58 @@ def kill_driver_when(config: Path, pick: Callable[[], object], timeout: float) -
     return picked
 
 
-def partly_committed(run_dir: Path, iteration: int, prefix: str = ""):
-    """A stage of the iteration (named `prefix`...) with some batches committed and not all of them."""
+def sampled_at(stage_dir: Path) -> float | None:
+    """The temperature an LLM stage samples at (None for other stages)."""
+    import json
+
+    identity = json.loads((stage_dir / "_identity.json").read_text())["identity"]
+    step = identity.get("step")
+    return step["sampling"]["temperature"] if isinstance(step, dict) and "sampling" in step else None
+
+
+def partly_committed(run_dir: Path, iteration: int, prefix: str = "", sampled: bool = True):
+    """A stage of the iteration (named `prefix`...) with some batches committed and not all of them;
+    with `sampled`, only an LLM stage sampling at temperature > 0 (where a resume that redraws
+    differently would show)."""
     from raysynth.store import StageDir
 
     for d in sorted((Path(run_dir) / f"iter-{iteration:02d}").glob(f"{prefix}*-*")):
         stage = StageDir(d)
         if (d / "_done").is_dir() and not stage.committed and any((d / "_done").glob("*.json")):
-            return stage
+            if not sampled or (sampled_at(d) or 0) > 0:
+                return stage
     return None
+
+
+def stage_rows(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A stage's kept and rejected rows, in id order."""
+    from raysynth.store import StageDir
+
+    stage = StageDir(stage_dir)
+    rejected = [pd.read_parquet(f) for f in stage.rejected_files()]
+    frames = (stage.read(), pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(columns=["id"]))
+    return tuple(f.sort_values("id", kind="stable").reset_index(drop=True) for f in frames)
+
+
+def assert_resume_matches_uninterrupted(run_dir: Path, config: Path, killed, scratch: Path) -> None:
+    """The stage the driver was killed in, recomputed uninterrupted with the same seed (moved out of
+    the finished run, which is then re-run with `--stop-after` that stage), holds exactly the rows
+    the resumed run committed: the same kept and rejected ids, every column equal. In place, not on
+    a copy: stages of trained models are keyed by the model's path inside the run."""
+    import shutil
+
+    relative = killed.path.relative_to(run_dir)
+    kept, rejected = stage_rows(killed.path)
+    assert len(kept), f"{relative} kept nothing to compare"
+    shutil.move(killed.path, scratch / "resumed-stage")
+    stop = f"{relative.parent}/{killed.name.rsplit('-', 1)[0]}"
+    run_raysynth("run", str(config), "--stop-after", stop, timeout=1200)
+    assert (killed.path / "_stage.json").exists(), f"{stop} was not recomputed"
+    kept_again, rejected_again = stage_rows(killed.path)
+    for resumed, uninterrupted in ((kept, kept_again), (rejected, rejected_again)):
+        assert list(resumed["id"]) == list(uninterrupted["id"]), stop
+        assert set(resumed.columns) == set(uninterrupted.columns), stop
+        pd.testing.assert_frame_equal(resumed, uninterrupted[resumed.columns], check_dtype=False)
 
 
 @pytest.fixture(scope="session")

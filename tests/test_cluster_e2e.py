@@ -34,6 +34,20 @@ def test_two_node_cluster(tmp_path: Path):
         config = write_tiny_config(tmp_path, run_dir, rounds=0, keep_alive=False)
         run_raysynth("run", str(config), env={"RAY_ADDRESS": cluster.address})
         assert sft_count(run_dir) >= 3
+        # Both nodes did work: the job's tasks and actors (engine pools among them) ran on each.
+        ray.init(address=cluster.address)
+        try:
+            from ray.util.state import list_actors, list_tasks
+
+            gcs = ray.get_runtime_context().gcs_address
+            nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+            actors = list_actors(address=gcs, limit=10000, raise_on_missing_output=False)
+            tasks = list_tasks(address=gcs, limit=10000, raise_on_missing_output=False)
+        finally:
+            ray.shutdown()
+        worked = {t.node_id for t in tasks if t.node_id} | {a.node_id for a in actors if a.node_id}
+        assert worked == nodes, (worked, nodes)
+        assert any("VLLMStage" in a.class_name for a in actors), {a.class_name for a in actors}
     finally:
         cluster.shutdown()
 

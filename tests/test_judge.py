@@ -104,6 +104,11 @@ def test_judges_on_the_embedded_model(local_ray, tmp_path):
     assert manifest["rows_out"] + sum(manifest["rejected"].values()) == len(pairs)
     assert set(manifest["rejected"]) <= {"gap_below_threshold", "score_error"}
     assert kept.empty or (kept["score_gap"] == 2.0).all()
+    # The same floor as pointwise: the verdict format is held by structured outputs, so at least 90%
+    # of the 20 verdicts (10 pairs, both orders) parse, and at most one pair lacks a verdict.
+    verdicts = [s for s in run.stages() if s.name.rsplit("-", 1)[0] == "judged-judge"][0].manifest()
+    assert verdicts["rows_in"] == 2 * len(pairs) and verdicts["rows_out"] >= 0.9 * verdicts["rows_in"], verdicts
+    assert manifest["rejected"].get("score_error", 0) <= 1, manifest
 
     # Both judge stages (and the pairwise judge's two orders) ran on one kept engine actor, still
     # alive for the next stage until released.

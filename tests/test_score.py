@@ -103,6 +103,25 @@ def test_pairrm_checkpoint_scores_in_two_actors_and_swap_flips_sign(local_ray, t
         assert math.isfinite(gap) and gap != 0
         assert gap == pytest.approx(-gap_swapped, abs=1e-5)
 
+    # The gap is the model's own single-order logits, f(A, B) - f(B, A), computed here apart from the
+    # stage; the model alone is not antisymmetric (f(A, B) != -f(B, A)), so the flip above is the
+    # position averaging at work, not a property any number would have.
+    import torch
+
+    from raysynth.score.pairrm import encode_pairs
+
+    ranker = PairRM(str(model_dir), source_max_length=128, candidate_max_length=64)
+    prompts, a, b = ([p[k] for p in PAIRS] for k in ("prompt", "a", "b"))
+    with torch.no_grad():
+        def logits(first, second):
+            batch = encode_pairs(ranker.tokenizer, prompts, first, second, 128, 64)
+            return ranker.model(batch["input_ids"], batch["attention_mask"]).float()
+
+        forward, backward = logits(a, b), logits(b, a)
+    expected = (forward - backward).tolist()
+    assert kept.sort_values("k")["score_gap"].tolist()[:len(PAIRS)] == pytest.approx(expected, abs=1e-4)
+    assert (forward + backward).abs().max() > 1e-3
+
 
 def test_reward_model_scores_and_filters_count_reasons(local_ray, tmp_path):
     from raysynth.config import ScorerConfig

@@ -11,11 +11,14 @@ import httpx
 import openai
 import pytest
 
+from tiny_models import build_shifted_head_copy
+
 pytestmark = pytest.mark.slow
 
 KEY = "test-key-123"
 PORT = 8765
 BASE = f"http://127.0.0.1:{PORT}"
+FIXED_PROMPT = "What is the capital of France?"  # answered greedily in one token by both checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +37,18 @@ def server(tmp_path_factory):
     os.environ["RAYSYNTH_API_KEY"] = KEY
     root = tmp_path_factory.mktemp("serve")
     base = Path(resolve_model("smollm2-135m"))
-    second = root / "checkpoint-2"  # a new checkpoint as far as the server can tell: another directory
-    second.mkdir()
-    for item in base.iterdir():
-        (second / item.name).symlink_to(item)
+    second = build_shifted_head_copy(base, root / "checkpoint-2")  # other weights, other answers
     init_ray()
     # num_cpus=0: on this 2-core machine the replica's logical CPU would leave the endpoint test's Ray
     # Data stage (a read task needs a whole CPU) waiting forever; vLLM uses the cores either way.
+    # keep_previous 1: the model before a swap stays addressable by name. At most 8 requests run on
+    # the replica and 12 wait; more are refused with 503 (the load test stays under 8 + 12 at once).
     cfg = ServeConfig(run_dir=root / "run", model=str(base), model_name="it-0", port=PORT, poll_s=0.5,
-                      max_tokens_limit=256, num_cpus=0)
+                      max_tokens_limit=256, num_cpus=0, keep_previous=1, max_ongoing_requests=8,
+                      max_queued_requests=12)
     start_server(cfg)
     wait_until_healthy(f"{BASE}/health", 300)
-    yield {"run_dir": cfg.run_dir, "second": second}
+    yield {"run_dir": cfg.run_dir, "base": base, "second": second}
     serve.shutdown()
     ray.shutdown()
     os.environ.pop("RAYSYNTH_API_KEY", None)
@@ -109,30 +112,58 @@ def test_llm_step_through_the_endpoint(server, tmp_path):
     assert stats.rows_out + sum(stats.rejected.values()) == 2 and "endpoint_error" not in stats.rejected
 
 
+def test_over_the_queue_limit_answers_503(server):
+    """40 long requests at once against 8 running + 12 waiting: the rest are refused at once with 503
+    (not queued without bound, not failed otherwise), and every accepted one completes."""
+    async def one(c: openai.AsyncOpenAI) -> str:
+        try:
+            await c.chat.completions.create(model="it-0", messages=[{"role": "user", "content": "Tell me a story."}],
+                                            max_tokens=64, temperature=0, extra_body={"min_tokens": 64})
+            return "ok"
+        except openai.APIStatusError as exc:
+            return str(exc.status_code)
+
+    async def main() -> list[str]:
+        c = openai.AsyncOpenAI(base_url=f"{BASE}/v1", api_key=KEY, max_retries=0, timeout=300)
+        return await asyncio.wait_for(asyncio.gather(*(one(c) for _ in range(40))), timeout=400)
+
+    outcomes = asyncio.run(main())
+    assert set(outcomes) <= {"ok", "503"}, outcomes
+    assert outcomes.count("503") >= 40 - 8 - 12 - 4, outcomes  # a few may finish before the last arrive
+    assert outcomes.count("ok") >= 8 + 12, outcomes
+
+
 def test_load_across_hot_swap_loses_nothing(server):
-    """200 requests, 8 at a time; after 40 the run is pointed at checkpoint 2 (POST /admin/swap).
-    Requests keep flowing while it loads (paced, so the load spans the switch); none may fail, and
+    """200 one-token requests of one fixed prompt, 8 at a time; after 40 the run is pointed at
+    checkpoint 2 (POST /admin/swap), whose weights answer that prompt differently. Requests keep
+    flowing while it loads (paced, so the load spans the switch), and long streamed requests run
+    back to back until the switch, so some are in flight across it. None may fail; every answer is
+    the one the model it names gives (a server that only relabelled the old model would fail here);
     requests sent after the first response from the new model must all report it."""
     total, concurrency = 200, 8
-    results: list[tuple[float, float, str]] = []  # (sent, received, model id)
+    results: list[tuple[float, float, str, str]] = []  # (sent, received, model id, text)
+    streams: list[tuple[float, float, set[str], int]] = []  # (sent, last chunk, model ids, chunks)
     failures: list[str] = []
     state = {"sent": 0, "swap_requested": False, "first_new": None}
 
+    async def ask(c: openai.AsyncOpenAI, model: str = "current") -> tuple[str, str]:
+        reply = await c.chat.completions.create(model=model, messages=[{"role": "user", "content": FIXED_PROMPT}],
+                                                max_tokens=1, temperature=0)
+        return reply.model, reply.choices[0].message.content
+
     async def worker(c: openai.AsyncOpenAI) -> None:
         while state["sent"] < total:
-            if state["swap_requested"] and state["first_new"] is None:
-                if state["sent"] >= total - 30:
-                    await asyncio.sleep(0.5)  # keep the last 30 for after the switch
+            if state["swap_requested"] and state.get("switched_at") is None:
+                if state["sent"] >= total - 60:
+                    await asyncio.sleep(0.5)  # keep the last 60 for after the switch
                     continue
                 await asyncio.sleep(2.0)  # pace the load while the new model loads
             state["sent"] += 1
             sent = time.time()
             try:
-                reply = await c.chat.completions.create(
-                    model="current", messages=[{"role": "user", "content": f"Say a word. ({state['sent']})"}],
-                    max_tokens=4, temperature=0)
-                results.append((sent, time.time(), reply.model))
-                if reply.model == "it-1" and state["first_new"] is None:
+                model, text = await ask(c)
+                results.append((sent, time.time(), model, text))
+                if model == "it-1" and state["first_new"] is None:
                     state["first_new"] = time.time()
             except Exception as exc:  # counted: the test asserts there are none
                 failures.append(f"{type(exc).__name__}: {exc}")
@@ -143,17 +174,71 @@ def test_load_across_hot_swap_loses_nothing(server):
                                              headers={"Authorization": f"Bearer {KEY}"})
                 assert answer.status_code == 202, answer.text
 
+    async def long_streams(c: openai.AsyncOpenAI) -> None:
+        while not state["swap_requested"]:
+            await asyncio.sleep(0.2)
+        while state.get("switched_at") is None and state["first_new"] is None:
+            sent, models, chunks = time.time(), set(), 0
+            try:
+                stream = await c.chat.completions.create(
+                    model="current", messages=[{"role": "user", "content": "Tell me a long story."}],
+                    max_tokens=96, temperature=0, stream=True, extra_body={"min_tokens": 96})
+                async for chunk in stream:
+                    models.add(chunk.model)
+                    chunks += 1
+                streams.append((sent, time.time(), models, chunks))
+            except Exception as exc:
+                failures.append(f"stream {type(exc).__name__}: {exc}")
+
+    async def watch_status() -> None:
+        """When the server first reports the new model as current (polled 5 times a second)."""
+        async with httpx.AsyncClient(timeout=60) as http:
+            while state.get("switched_at") is None:
+                answer = await http.get(f"{BASE}/admin/status", headers={"Authorization": f"Bearer {KEY}"})
+                if answer.json()["current"] == "it-1":
+                    state["switched_at"] = time.time()
+                await asyncio.sleep(0.2)
+
     async def main() -> None:
         c = openai.AsyncOpenAI(base_url=f"{BASE}/v1", api_key=KEY, max_retries=0, timeout=300)
-        await asyncio.wait_for(asyncio.gather(*(worker(c) for _ in range(concurrency))), timeout=420)
+        state["before"] = await ask(c)
+        await asyncio.wait_for(asyncio.gather(*(worker(c) for _ in range(concurrency)),
+                                              *(long_streams(c) for _ in range(2)), watch_status()), timeout=420)
+        state["after"] = await ask(c, "it-1")
 
     asyncio.run(main())
     assert not failures, failures[:5]
     assert len(results) == total
     assert state["first_new"] is not None, "the server never switched"
-    after = [model for sent, _, model in results if sent > state["first_new"]]
+    # Checkpoint 2 answers the prompt otherwise, and every response is its named model's answer.
+    answers = {"it-0": state["before"][1], "it-1": state["after"][1]}
+    assert state["before"][0] == "it-0" and answers["it-0"] != answers["it-1"], answers
+    wrong = [(model, text) for _, _, model, text in results if text != answers[model]]
+    assert not wrong, (answers, wrong[:5])
+    after = [model for sent, _, model, _ in results if sent > state["first_new"]]
     assert len(after) >= 20 and set(after) == {"it-1"}
-    assert sum(model == "it-0" for _, _, model in results) >= 40
+    assert sum(model == "it-0" for _, _, model, _ in results) >= 40
+    # In flight across the switch: streams the old model answered, still sending after the server
+    # reported the new model as current.
+    assert streams and all(len(models) == 1 and chunks > 1 for _, _, models, chunks in streams), streams
+    across = [s for s in streams if s[2] == {"it-0"} and s[1] > state["switched_at"]]
+    assert across, f"no stream was in flight across the switch: {streams}"
     pointer = json.loads((server["run_dir"] / "current_model.json").read_text())
     assert pointer["name"] == "it-1"
-    assert [m.id for m in client().models.list().data] == ["it-1"]  # the old model was retired
+    # keep_previous 1: the old model still answers by name, with its own weights.
+    assert [m.id for m in client().models.list().data] == ["it-1", "it-0"]
+    old = client().chat.completions.create(model="it-0", messages=[{"role": "user", "content": FIXED_PROMPT}],
+                                           max_tokens=1, temperature=0)
+    assert (old.model, old.choices[0].message.content) == ("it-0", answers["it-0"])
+
+    # One more swap: the oldest model beyond keep_previous is retired.
+    answer = httpx.post(f"{BASE}/admin/swap", json={"model": str(server["base"]), "name": "it-2"},
+                        headers={"Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 202, answer.text
+    deadline = time.time() + 300
+    while [m.id for m in client().models.list().data] != ["it-2", "it-1"]:
+        assert time.time() < deadline, [m.id for m in client().models.list().data]
+        time.sleep(1)
+    with pytest.raises(openai.NotFoundError):
+        client().chat.completions.create(model="it-0", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+

@@ -174,3 +174,36 @@ def test_killed_worker_resumes_from_checkpoint(local_ray, base_model, tmp_path):
     assert summary["steps"] == 16
     assert summary["restarts_at_step"][0] == 0 and len(summary["restarts_at_step"]) == 2
     assert summary["restarts_at_step"][1] >= 4  # resumed from a checkpoint, not from scratch
+
+
+@pytest.mark.slow
+def test_dpo_full_fine_tuning_through_the_cli(base_model, tmp_path):
+    """`raysynth train CONFIG` as a user runs it: DPO, full fine-tuning (no LoRA), one worker."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    data = tmp_path / "pairs.parquet"
+    pd.DataFrame({"prompt": [PROMPT] * 8, "chosen": [ANSWER] * 8,
+                  "rejected": ["I do not know. Maybe London or Berlin, hard to say."] * 8}).to_parquet(data)
+    settings = overfit_config("dpo", lora=None, num_workers=1, max_steps=6, save_steps=3)
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": str(data), "model": "smollm2-135m", "out_dir": str(tmp_path / "out"),
+                                      "train": settings.model_dump(mode="json", exclude_defaults=True)}))
+    env = {**os.environ, "RAYSYNTH_NO_PROGRESS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-m", "raysynth.cli", "train", str(config)], capture_output=True,
+                            text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    model_dir = Path(result.stdout.split("merged model:")[1].split()[0])
+    summary = assert_learns(model_dir.parent)
+    assert summary["method"] == "dpo" and summary["steps"] == 6
+    assert (model_dir / "model.safetensors").is_file() and not list(model_dir.parent.glob("**/adapter_model*"))
+    # Full fine-tuning trained the norms too; LoRA ("all-linear") would leave them as they were.
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as tuned, \
+            safe_open(str(Path(base_model) / "model.safetensors"), "pt") as base:
+        name = "model.layers.0.input_layernorm.weight"
+        assert not tuned.get_tensor(name).float().equal(base.get_tensor(name).float())

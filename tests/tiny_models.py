@@ -45,3 +45,27 @@ def build_tiny_reward_model(path: Path, tokenizer_dir: str) -> Path:
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_shifted_head_copy(base: Path, path: Path) -> Path:
+    """The model at `base` with other weights: an untied output layer whose rows are the input
+    embeddings moved by one token, so wherever `base` would emit token t this copy emits t + 1. Its
+    greedy answers differ from the base model's from the first token on, with the same margins, so a
+    server that only relabels the base model cannot pass for serving this one."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path.mkdir(parents=True)
+    for item in base.iterdir():
+        if item.name not in ("model.safetensors", "config.json"):
+            shutil.copy(item, path / item.name)
+    config = json.loads((base / "config.json").read_text())
+    config["tie_word_embeddings"] = False
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    weights = load_file(base / "model.safetensors")
+    weights["lm_head.weight"] = torch.roll(weights["model.embed_tokens.weight"], shifts=1, dims=0).contiguous()
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return path

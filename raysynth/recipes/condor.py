@@ -82,7 +82,7 @@ def tag_task_rows(tree: dict[str, Any], task_types: list[str], max_tags: int | N
 
 
 def run(cfg: CondorRun) -> dict[str, Any]:
-    run_dir = RunDir(cfg.run_dir)
+    run_dir = RunDir(cfg.run_dir, cfg.stop_after)
     model_dir = resolve_model(cfg.engine.model)
     lineage = Lineage(RECIPE, 0, cfg.engine.model)
     steps = condor_steps(cfg.condor)

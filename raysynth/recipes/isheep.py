@@ -69,7 +69,7 @@ def accumulate_sft(files: list[Path], out: Path) -> Path:
 
 
 def run(cfg: ISheepRun) -> dict[str, Any]:
-    run_dir, s = RunDir(cfg.run_dir), cfg.isheep
+    run_dir, s = RunDir(cfg.run_dir, cfg.stop_after), cfg.isheep
     base = cfg.engine.model
     steps = isheep_steps(s)
     tasks = load_seed_tasks(s.seed_tasks)

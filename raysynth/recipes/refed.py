@@ -71,7 +71,7 @@ def json_rates(stage: StageDir, label: str) -> dict[str, float]:
 
 
 def run(cfg: RefedRun) -> dict[str, Any]:
-    run_dir, r = RunDir(cfg.run_dir), cfg.refed
+    run_dir, r = RunDir(cfg.run_dir, cfg.stop_after), cfg.refed
     start, (engine, model_dir) = cfg.engine.model, engine_for(cfg.engine, cfg.engine.model)
     steps = refed_steps(r)
 

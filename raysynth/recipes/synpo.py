@@ -92,7 +92,7 @@ def best_worst(scored: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def run(cfg: SynpoRun) -> dict[str, Any]:
-    run_dir, s = RunDir(cfg.run_dir), cfg.synpo
+    run_dir, s = RunDir(cfg.run_dir, cfg.stop_after), cfg.synpo
     initial, initial_dir = cfg.engine.model, resolve_model(cfg.engine.model)
     steps, text = synpo_steps(s), templates()
     judge_engine, judge_dir = engine_for(cfg.engine, s.judge_model or initial)

@@ -26,6 +26,7 @@ class Sampling(BaseModel):
     n: int = Field(1, ge=1)
     stream: bool = False
     stop: str | list[str] | None = None
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension: no end of sequence before this many tokens")
 
     def stops(self) -> list[str] | None:
         return [self.stop] if isinstance(self.stop, str) else self.stop

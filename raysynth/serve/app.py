@@ -140,6 +140,8 @@ class ModelServer:
         if budget > self.cfg.max_tokens_limit:
             raise ApiError(400, f"max_tokens {budget} is over this server's limit {self.cfg.max_tokens_limit}",
                            "invalid_request_error")
+        if body.min_tokens > budget:
+            raise ApiError(400, f"min_tokens {body.min_tokens} is over max_tokens {budget}", "invalid_request_error")
         if body.n > self.cfg.max_n:
             raise ApiError(400, f"n {body.n} is over this server's limit {self.cfg.max_n}", "invalid_request_error")
         if len(ids) + budget > self.cfg.engine.max_model_len:
@@ -151,7 +153,8 @@ class ModelServer:
         from raysynth.engine import request_params, token_prompt
 
         budget = self._check(body, ids)
-        params = request_params(body.temperature, body.top_p, budget, body.n, body.stops(), body.stream)
+        params = request_params(body.temperature, body.top_p, budget, body.n, body.stops(), body.stream,
+                                body.min_tokens)
         request_id = api.new_id("chatcmpl" if chat else "cmpl")
         outputs = slot.engine.generate(token_prompt(ids), params, request_id)
         slot.in_flight += 1
