@@ -34,15 +34,32 @@ def run(
         cfg = load_config(config, overrides)
         resolve_model(cfg.engine.model)  # fail before anything is written
 
+    from raysynth.runlock import RunLock, RunLocked
+
+    lock = RunLock(cfg.run_dir)
+    try:
+        lock.acquire()
+    except RunLocked as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    try:
+        _run_holding_the_lock(cfg, lock)
+    finally:
+        lock.release()
+
+
+def _run_holding_the_lock(cfg, lock) -> None:
+    import ray
+
     from raysynth.pipeline import init_ray
     from raysynth.recipes import RECIPES
     from raysynth.status import print_status
     from raysynth.store import StopRequested, atomic_write_bytes
 
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(cfg.run_dir / "config.yaml", _dump_yaml(cfg).encode())
     started = time.time()
     init_ray()
+    lock.note_ray_job(ray.get_runtime_context().get_job_id())
     try:
         result = RECIPES[cfg.recipe](cfg)
     except StopRequested as stop:

@@ -76,7 +76,8 @@ def test_kill_driver_mid_stage_then_resume(tmp_path: Path):
     kept_markers = {m.name for m in (killed_in.path / "_done").glob("*.json")}
     question_commit = [s for s in RunDir(run_dir).stages() if s.name.startswith("question")][0].manifest()
 
-    run_raysynth("run", str(config))
+    resumed_output = run_raysynth("run", str(config)).stdout
+    assert "[lock] taking over" in resumed_output  # the killed driver's lock
     assert kept_markers <= {m.name for m in (killed_in.path / "_done").glob("*.json")}  # not recomputed
     assert [s for s in RunDir(run_dir).stages() if s.name.startswith("question")][0].manifest() == question_commit
     resumed = sft_rows(run_dir)

@@ -138,6 +138,42 @@ def test_sampling_ranking_pairs_best_and_worst_sample(local_ray, tmp_path):
         assert row["score_gap"] >= 0 and row["chosen"] and row["rejected"]
 
 
+@pytest.mark.parametrize("kind", ["reward_model", "pairrm"])
+def test_sampling_ranking_with_reward_model_scorers(local_ray, tmp_path, kind):
+    """The sampling-ranking baseline with the paper's scorer kinds (tiny checkpoints in the real
+    formats): each of n samples is scored against sample 0, and the pair is the best and the worst
+    sample, sample 0 included. With a reward model the choice is checked against its own scores."""
+    from raysynth.config import SynpoRun
+    from raysynth.models import engine_for
+    from raysynth.pipeline import Lineage, write_source_stage
+    from raysynth.recipes.synpo import ranked_pairs
+    from raysynth.score.reward_model import SequenceRewardModel
+    from tiny_models import build_tiny_pairrm, build_tiny_reward_model
+
+    model_dir = (build_tiny_reward_model(tmp_path / "rm", resolve_model("smollm2-135m")) if kind == "reward_model"
+                 else build_tiny_pairrm(tmp_path / "pairrm"))
+    cfg = SynpoRun.model_validate({
+        "recipe": "synpo", "run_dir": str(tmp_path / "run"), "engine": {"batch_size": 4},
+        "synpo": {"pair_builder": "sampling_ranking", "steps": {"answer": {"n": 3, "max_tokens": 24}},
+                  "scorer": {"kind": kind, "model": str(model_dir), "gap_threshold": 0, "max_repetition": None,
+                             "batch_size": 4, "num_cpus": 0.5, "concurrency": [1, 1], "max_length": 128}}})
+    run = RunDir(cfg.run_dir)
+    prompts = write_source_stage(run, 1, "prompt-filter", [{"prompt": "Name a fruit."}, {"prompt": "Say hello."}],
+                                 {"test": 1}, Lineage("synpo", 1, "smollm2-135m"))
+    pairs = ranked_pairs(run, 1, prompts, cfg, "smollm2-135m", *engine_for(cfg.engine, "smollm2-135m"))
+    manifest = pairs.manifest()
+    assert manifest["rows_in"] == 2 and manifest["rows_out"] == 2, manifest  # best >= worst: gap 0 keeps all
+    samples = [s for s in run.stages() if s.name.startswith("answer")][0].read(["prompt", "response"])
+    for row in pairs.read().to_dict("records"):
+        texts = samples[samples["prompt"] == row["prompt"]]["response"].astype(str).tolist()
+        assert len(texts) == 3 and {row["chosen"], row["rejected"]} <= set(texts) and row["score_gap"] >= 0
+        if kind == "reward_model":
+            scores = SequenceRewardModel(str(model_dir), max_length=128).score([row["prompt"]] * 3, texts)
+            assert row["chosen"] == texts[scores.index(max(scores))]
+            assert row["rejected"] == texts[scores.index(min(scores))]
+            assert row["score_gap"] == pytest.approx(max(scores) - min(scores), abs=1e-3)
+
+
 def test_seed_po_pairs_the_gold_answer_against_the_policys(local_ray, tmp_path):
     """The seed_po baseline's stages on the real engine: the policy answers seed prompts; the judge
     compares the gold answer with it in both orders; (gold, answer) pairs are kept."""

@@ -100,15 +100,29 @@ def test_step_messages_use_the_templates():
 
 
 def test_best_worst_ranks_against_sample_zero():
+    # PairRM-like: score_a = preference of the sample over sample 0, score_b its negative.
     scored = pd.DataFrame([
-        {"prompt_id": "p", "prompt": "q", "response": "s1", "reference": "s0", "score_a": 0.4},
-        {"prompt_id": "p", "prompt": "q", "response": "s2", "reference": "s0", "score_a": -0.3},
-        {"prompt_id": "r", "prompt": "q2", "response": "t1", "reference": "t0", "score_a": -0.5},
+        {"prompt_id": "p", "prompt": "q", "response": "s1", "reference": "s0", "score_a": 0.2, "score_b": -0.2},
+        {"prompt_id": "p", "prompt": "q", "response": "s2", "reference": "s0", "score_a": -0.15, "score_b": 0.15},
+        {"prompt_id": "r", "prompt": "q2", "response": "t1", "reference": "t0", "score_a": -0.25, "score_b": 0.25},
     ])
+    scored["score_gap"] = scored["score_a"] - scored["score_b"]
     pairs = {p["prompt_id"]: p for p in best_worst(scored)}
     assert (pairs["p"]["chosen"], pairs["p"]["rejected"]) == ("s1", "s2")
     assert pairs["p"]["score_gap"] == pytest.approx(0.7)
     assert (pairs["r"]["chosen"], pairs["r"]["rejected"]) == ("t0", "t1")  # the reference itself can win
+
+
+def test_best_worst_with_absolute_reward_model_scores():
+    """A reward model scores each answer on its own (score_b: sample 0's score): sample 0 (score 5)
+    beats both others here, which ranking by score_a against a fixed 0 would have missed."""
+    scored = pd.DataFrame([
+        {"prompt_id": "p", "prompt": "q", "response": "s1", "reference": "s0", "score_a": 3.0, "score_b": 5.0},
+        {"prompt_id": "p", "prompt": "q", "response": "s2", "reference": "s0", "score_a": 1.0, "score_b": 5.0},
+    ])
+    scored["score_gap"] = scored["score_a"] - scored["score_b"]
+    (pair,) = best_worst(scored)
+    assert (pair["chosen"], pair["rejected"]) == ("s0", "s2") and pair["score_gap"] == pytest.approx(4.0)
 
 
 def test_seed_rows_read_alpaca_and_prompt_response(tmp_path: Path):

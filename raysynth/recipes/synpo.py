@@ -76,14 +76,16 @@ def generator_rows(seeds: list[dict[str, str]], keyword_cfg, template: str, seed
 
 
 def best_worst(scored: pd.DataFrame) -> list[dict[str, Any]]:
-    """Sampling-ranking: per prompt, the best and the worst sample by score against sample 0 (which
-    scores 0 against itself) as (chosen, rejected) with their score gap."""
+    """Sampling-ranking: per prompt, the best and the worst sample by their gap against sample 0
+    (score_gap = score(sample) - score(sample 0): 0 for sample 0 itself, whichever scorer) as (chosen,
+    rejected) with the difference of their gaps. Ranking by score_a alone would put a reward model's
+    absolute scores beside sample 0's fixed 0."""
     pairs: list[dict[str, Any]] = []
     if not len(scored):
         return pairs
     for prompt_id, group in scored.groupby("prompt_id"):
         first = group.iloc[0]
-        ranked = [(0.0, str(first["reference"]))] + list(zip(group["score_a"].astype(float), group["response"].astype(str)))
+        ranked = [(0.0, str(first["reference"]))] + list(zip(group["score_gap"].astype(float), group["response"].astype(str)))
         ranked.sort(key=lambda item: item[0])
         (low, worst), (high, best) = ranked[0], ranked[-1]
         pairs.append({"prompt_id": prompt_id, "prompt": str(first["prompt"]), "chosen": best, "rejected": worst,
