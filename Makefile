@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/stages.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/keywords.py
+	$(BIN)/python bench/resume.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) runs

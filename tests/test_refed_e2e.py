@@ -98,7 +98,7 @@ def test_synthesis_improves_judges_trains_and_evaluates(refed_run):
         repaired = int(stage.read(["json_repaired"])["json_repaired"].sum())
         rejected = pd.concat([pd.read_parquet(f, columns=["reason"]) for f in stage.rejected_files()] or
                              [pd.DataFrame({"reason": []})])
-        unusable = int(rejected["reason"].str.startswith("unusable_json").sum())
+        unusable = int(rejected["reason"].astype(str).str.startswith("unusable_json").sum())
         assert rates[f"{label} JSON repaired"] == repaired / rows_in, label
         assert rates[f"{label} JSON unusable"] == unusable / rows_in, label
         assert stage.manifest()["rows_out"] > 0, label  # structured JSON outputs: some reply must parse

@@ -33,3 +33,27 @@ def test_identity_changes_directory(tmp_path):
     assert run.stage(0, "s", {"a": 1}).path == run.stage(0, "s", {"a": 1}).path
     assert run.stage(0, "s", {"a": 1}).path != run.stage(0, "s", {"a": 2}).path
     assert row_id("p", "s", 0) == row_id("p", "s", 0) != row_id("p", "s", 1)
+
+
+def test_resume_filter_drops_exactly_the_committed_inputs(tmp_path):
+    import subprocess
+    import sys
+
+    from raysynth.pipeline import drop_committed
+    from raysynth.store import id_hashes
+
+    stage = RunDir(tmp_path).stage(0, "s", {})
+    stage.prepare({})
+    ids = [row_id(f"p{i}", "src", 0) for i in range(1000)] + ["row-07", "short"]
+    for batch in (ids[:300], ids[300:301], ids[700:], []):
+        stage.commit_batch(batch, pd.DataFrame(), pd.DataFrame(), {"rows_in": len(batch), "rows_out": 0,
+                                                                   "rejected": {}, "tokens_in": 0, "tokens_out": 0})
+    done = stage.done_hashes()
+    assert len(done) == stage.done_count() == 300 + 1 + 302 and (done[:-1] <= done[1:]).all()
+    left = drop_committed(pd.DataFrame({"id": ids, "k": range(len(ids))}), done)
+    assert list(left["id"]) == ids[301:700]
+    assert drop_committed(pd.DataFrame({"id": ids[:5]}), done[:0])["id"].tolist() == ids[:5]
+    # The hashes are the same in another process (the tasks that filter are other processes).
+    script = "from raysynth.store import id_hashes; print(list(id_hashes(['a', 'row-07'])))"
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert other.strip() == str(list(id_hashes(["a", "row-07"])))
