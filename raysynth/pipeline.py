@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.steps import LLMStep, Rejection
-from raysynth.store import LINEAGE, RunDir, StageDir, id_hashes, row_id, stable_hash
+from raysynth.store import LINEAGE, RunDir, StageDir, id_hash, row_id, stable_hash
 
 # Templating, forwarding to an engine, parsing: a fraction of a CPU each, so they never wait
 # behind the engines' reserved CPUs.
@@ -152,8 +152,7 @@ def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, 
         if done:
             # The committed inputs go to the object store once, as sorted 64-bit hashes, and every task
             # reads them from there (zero-copy on its node) instead of carrying a set of every id.
-            ds = ds.map_batches(drop_committed, batch_format="pandas", batch_size=None, num_cpus=LIGHT_TASK_CPUS,
-                                fn_kwargs={"done": ray.put(stage.done_hashes())})
+            ds = ds.filter(NotCommitted(ray.put(stage.done_hashes())))
         # Blocks of batch_size rows: an actor emits a block only when all of it is processed, so the
         # block is the unit of commit and of work lost to a crash.
         ds = add_ops(ds.repartition(target_num_rows_per_block=batch_size), stage)
@@ -164,15 +163,20 @@ def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, 
     stage.record_time(session, started)
 
 
-def drop_committed(batch: pd.DataFrame, done: Any) -> pd.DataFrame:
-    """The rows of `batch` whose id is not among the sorted hashes `done` (an object ref). Two ids
-    share a 64-bit hash with odds of about 1e-7 at a million rows each side."""
-    done = ray.get(done) if isinstance(done, ray.ObjectRef) else done
-    if not len(batch) or not len(done):
-        return batch
-    hashes = id_hashes(batch["id"])
-    at = np.minimum(np.searchsorted(done, hashes), len(done) - 1)
-    return batch[done[at] != hashes]
+class NotCommitted:
+    """`Dataset.filter` predicate: the row's id is not among the committed inputs, given as sorted
+    64-bit hashes (an object ref, fetched once per task; or the array itself). Two ids share a hash
+    with odds of about 1e-7 at a million rows on each side."""
+
+    def __init__(self, done: Any):
+        self.ref, self.done = (done, None) if isinstance(done, ray.ObjectRef) else (None, done)
+
+    def __call__(self, row: dict[str, Any]) -> bool:
+        if self.done is None:
+            self.done = ray.get(self.ref)
+        hashed = np.uint64(id_hash(row["id"]))
+        at = int(np.searchsorted(self.done, hashed))
+        return at == len(self.done) or self.done[at] != hashed
 
 
 def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, engine: EngineConfig,

@@ -44,9 +44,13 @@ def row_id(parent_id: str, stage: str, index: int) -> str:
     return hashlib.sha256(f"{parent_id}/{stage}/{index}".encode()).hexdigest()[:16]
 
 
-def id_hashes(ids: Any) -> np.ndarray:
-    """Stable 64-bit hashes of row ids (pandas' SipHash with its fixed key: the same in every process)."""
-    return pd.util.hash_array(np.asarray(list(ids), dtype=object))
+def id_hash(row_id: str) -> int:
+    """A stable 64-bit hash of a row id (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little")
+
+
+def id_hashes(ids: Iterable[str]) -> np.ndarray:
+    return np.fromiter((id_hash(i) for i in ids), dtype=np.uint64)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

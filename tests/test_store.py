@@ -39,7 +39,7 @@ def test_resume_filter_drops_exactly_the_committed_inputs(tmp_path):
     import subprocess
     import sys
 
-    from raysynth.pipeline import drop_committed
+    from raysynth.pipeline import NotCommitted
     from raysynth.store import id_hashes
 
     stage = RunDir(tmp_path).stage(0, "s", {})
@@ -50,10 +50,10 @@ def test_resume_filter_drops_exactly_the_committed_inputs(tmp_path):
                                                                    "rejected": {}, "tokens_in": 0, "tokens_out": 0})
     done = stage.done_hashes()
     assert len(done) == stage.done_count() == 300 + 1 + 302 and (done[:-1] <= done[1:]).all()
-    left = drop_committed(pd.DataFrame({"id": ids, "k": range(len(ids))}), done)
-    assert list(left["id"]) == ids[301:700]
-    assert drop_committed(pd.DataFrame({"id": ids[:5]}), done[:0])["id"].tolist() == ids[:5]
+    keep = NotCommitted(done)
+    assert [i for i in ids if keep({"id": i})] == ids[301:700]
+    assert all(NotCommitted(done[:0])({"id": i}) for i in ids[:5])
     # The hashes are the same in another process (the tasks that filter are other processes).
-    script = "from raysynth.store import id_hashes; print(list(id_hashes(['a', 'row-07'])))"
+    script = "from raysynth.store import id_hashes; print(id_hashes(['a', 'row-07']).tolist())"
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert other.strip() == str(list(id_hashes(["a", "row-07"])))
+    assert other.strip() == str(id_hashes(["a", "row-07"]).tolist())

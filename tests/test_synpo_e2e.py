@@ -220,7 +220,7 @@ def test_a_parquet_corpus_gives_the_pool_its_jsonl_copy_gives(local_ray, tmp_pat
     lineage, cfg = Lineage("synpo", 0, "-"), KeywordConfig(batch_size=8)
 
     def pool(path: Path, column: str) -> list[tuple[str, list[str]]]:
-        stage = run_keyword_pool(RunDir(tmp_path / path.name / "run"), [str(path)], column, cfg, 0, lineage)
+        stage = run_keyword_pool(RunDir(tmp_path / f"run-{path.name}"), [str(path)], column, cfg, 0, lineage)
         frame = stage.read(["parent_id", "keywords"]).sort_values("parent_id")
         return [(p, list(k)) for p, k in zip(frame["parent_id"], frame["keywords"])]
 
