@@ -64,6 +64,12 @@ class PeakMemory:
         self.peak = max(self.peak, self.current())
 
 
+def shipped_keyword_lists(run: RunDir, lineage: Lineage) -> list[list[str]]:
+    """Real keyword lists to tile: the pool stage (YAKE) over the corpus shipped with raysynth."""
+    pool = run_keyword_pool(run, [str(SHIPPED_CORPUS)], "text", KeywordConfig(), 0, lineage)
+    return [[str(k) for k in ks] for ks in pool.read(["keywords"])["keywords"]]
+
+
 def tiled_pool(run: RunDir, name: str, lists: list[list[str]], size: int, lineage: Lineage) -> StageDir:
     """A committed pool stage of `size` lists cycling through `lists`, written chunk by chunk."""
     stage = run.stage(0, name, {"size": size})
@@ -98,8 +104,7 @@ def main() -> None:
         run = RunDir(Path(tmp) / "run")
         lineage = Lineage("bench", 0, "-")
         started = time.time()
-        pool = run_keyword_pool(run, [str(SHIPPED_CORPUS)], "text", KeywordConfig(), 0, lineage)
-        real = [[str(k) for k in ks] for ks in pool.read(["keywords"])["keywords"]]
+        real = shipped_keyword_lists(run, lineage)
         lines.append(f"pool stage: {len(real)} real keyword lists from {SHIPPED_CORPUS.name} in "
                      f"{time.time() - started:.1f} s (YAKE)")
         # A small warm-up pass first, so that every measured run finds Ray's worker processes started.

@@ -22,12 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-from keywords import PeakMemory, tiled_pool
+from keywords import PeakMemory, shipped_keyword_lists, tiled_pool
 
 from raysynth.config import KeywordConfig
-from raysynth.keywords import run_keyword_pool, run_keyword_sample
+from raysynth.keywords import run_keyword_sample
 from raysynth.pipeline import Lineage, init_ray
-from raysynth.recipes.synpo import SHIPPED_CORPUS
 from raysynth.store import MANIFEST, RunDir, StageDir
 
 
@@ -75,8 +74,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {"fresh": [], "resume": []}
     with tempfile.TemporaryDirectory() as tmp:
         run, lineage = RunDir(Path(tmp) / "run"), Lineage("bench", 0, "-")
-        pool = run_keyword_pool(run, [str(SHIPPED_CORPUS)], "text", KeywordConfig(), 0, lineage)
-        real = [[str(k) for k in ks] for ks in pool.read(["keywords"])["keywords"]]
+        real = shipped_keyword_lists(run, lineage)
         source = tiled_pool(run, "pool-big", real, args.rows, lineage)
         warm = tiled_pool(run, "pool-warmup", real, 20_000, lineage)
         run_keyword_sample(run, 1, warm, 20_000, cfg, 0, Lineage("bench", 1, "-"), name="warmup")

@@ -144,15 +144,15 @@ def run_read_stage(run: RunDir, iteration: int, name: str, identity: dict[str, A
 
 def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, batch_size: int, label: str,
             add_ops: Callable[[Any, StageDir], Any]) -> None:
-    done = stage.done_count()
+    done = stage.done_hashes()  # one pass over the markers: the count and the resume filter's keys
     started, session = time.time(), f"{os.getpid()}-{time.time():.0f}"
-    bar = _progress(total, done, label)
-    if read is not None and (total is None or done < total):
+    bar = _progress(total, len(done), label)
+    if read is not None and (total is None or len(done) < total):
         ds = read()
-        if done:
+        if len(done):
             # The committed inputs go to the object store once, as sorted 64-bit hashes, and every task
             # reads them from there (zero-copy on its node) instead of carrying a set of every id.
-            ds = ds.filter(NotCommitted(ray.put(stage.done_hashes())))
+            ds = ds.filter(NotCommitted(ray.put(done)))
         # Blocks of batch_size rows: an actor emits a block only when all of it is processed, so the
         # block is the unit of commit and of work lost to a crash.
         ds = add_ops(ds.repartition(target_num_rows_per_block=batch_size), stage)

@@ -68,10 +68,15 @@ class RunLock:
         except (OSError, ValueError):
             return None
 
-    def _write_new(self) -> bool:
-        """Create the lock file holding `self.me`; False if one exists."""
+    def _written_aside(self) -> Path:
+        """`self.me` in a file of its own beside the lock, ready to be linked or moved into place."""
         tmp = self.path.with_name(f".{LOCK_FILE}.{self.me['token']}")
         tmp.write_text(json.dumps(self.me))
+        return tmp
+
+    def _write_new(self) -> bool:
+        """Create the lock file holding `self.me`; False if one exists."""
+        tmp = self._written_aside()
         try:
             os.link(tmp, self.path)
             return True
@@ -94,8 +99,10 @@ class RunLock:
                                 f"wait for it to finish or stop it. A killed run's lock is taken over "
                                 f"(its process gone on this host, or no heartbeat for {STALE_AFTER_S:.0f} s).")
             # Stale (or unreadable mid-write): move it aside; of two drivers doing so, one rename fails.
+            aside = self.path.with_name(f".{LOCK_FILE}.stale-{self.me['token']}")
             try:
-                os.rename(self.path, self.path.with_name(f".{LOCK_FILE}.stale-{self.me['token']}"))
+                os.rename(self.path, aside)
+                aside.unlink()
             except FileNotFoundError:
                 pass
             if holder is not None:
@@ -111,9 +118,7 @@ class RunLock:
         if holder is None or holder.get("token") != self.me["token"]:
             return  # not ours any more (taken over as stale): leave it to its new holder
         self.me["heartbeat"] = time.time()
-        tmp = self.path.with_name(f".{LOCK_FILE}.{self.me['token']}")
-        tmp.write_text(json.dumps(self.me))
-        os.replace(tmp, self.path)
+        os.replace(self._written_aside(), self.path)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

@@ -32,7 +32,9 @@ def pytest_sessionfinish(session, exitstatus):
     if exitstatus == 0 and terminal is not None and unexpected_skips(terminal):
         session.exitstatus = 1
 
-# A chain small enough for CI, greedy unless a test asks for sampled answers, batch_size 2 so that every stage has several batches to resume between.
+
+# A chain small enough for CI, greedy unless a test asks for sampled answers, batch_size 2 so that
+# every stage has several batches to resume between.
 TINY_CONDOR = """\
 recipe: condor
 run_dir: {run_dir}
@@ -130,7 +132,7 @@ def partly_committed(run_dir: Path, iteration: int, prefix: str = "", sampled: b
     return None
 
 
-def stage_rows(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def kept_and_rejected(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A stage's kept and rejected rows, in id order."""
     from raysynth.store import StageDir
 
@@ -148,13 +150,13 @@ def assert_resume_matches_uninterrupted(run_dir: Path, config: Path, killed, scr
     import shutil
 
     relative = killed.path.relative_to(run_dir)
-    kept, rejected = stage_rows(killed.path)
+    kept, rejected = kept_and_rejected(killed.path)
     assert len(kept), f"{relative} kept nothing to compare"
     shutil.move(killed.path, scratch / "resumed-stage")
     stop = f"{relative.parent}/{killed.name.rsplit('-', 1)[0]}"
     run_raysynth("run", str(config), "--stop-after", stop, timeout=1200)
     assert (killed.path / "_stage.json").exists(), f"{stop} was not recomputed"
-    kept_again, rejected_again = stage_rows(killed.path)
+    kept_again, rejected_again = kept_and_rejected(killed.path)
     for resumed, uninterrupted in ((kept, kept_again), (rejected, rejected_again)):
         assert list(resumed["id"]) == list(uninterrupted["id"]), stop
         assert set(resumed.columns) == set(uninterrupted.columns), stop
