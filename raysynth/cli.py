@@ -25,7 +25,11 @@ def run(
     stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Stop once this stage is committed, e.g. "
                                              "iter-01/answer (see `raysynth status`); re-run without it to go on."),
 ) -> None:
-    """Run a recipe end to end. Uses the Ray cluster in RAY_ADDRESS when set, else starts a local Ray."""
+    """Run a recipe end to end. Uses the Ray cluster in RAY_ADDRESS when set, else starts a local Ray.
+
+    Exit codes: 0 done (or stopped as asked); 2 a bad config, or another driver holds the run dir;
+    3 a stage kept nothing of a non-empty input (on_empty: stop); 4 a stage failed past its retries.
+    Every stop keeps what was committed: re-running resumes."""
     from raysynth.config import load_config
     from raysynth.models import resolve_model
 
@@ -54,11 +58,13 @@ def _run_holding_the_lock(cfg, lock) -> None:
     from raysynth.pipeline import init_ray
     from raysynth.recipes import RECIPES
     from raysynth.status import print_status
-    from raysynth.store import StopRequested, atomic_write_bytes
+    from raysynth.faults import StageFailed
+    from raysynth.store import NothingKept, StopRequested, atomic_write_bytes
 
     atomic_write_bytes(cfg.run_dir / "config.yaml", _dump_yaml(cfg).encode())
     started = time.time()
     init_ray()
+    _one_message_per_failure()
     lock.note_ray_job(ray.get_runtime_context().get_job_id())
     try:
         result = RECIPES[cfg.recipe](cfg)
@@ -66,6 +72,17 @@ def _run_holding_the_lock(cfg, lock) -> None:
         print_status(cfg.run_dir)
         typer.echo(f"\n[stop] {stop}: stopped as asked (--stop-after). Re-run without it to go on.")
         return
+    except StageFailed as failed:
+        typer.echo(f"\nerror: stage {failed}. The batches it could not do were retried and not committed; "
+                   f"fix the cause, then resume: raysynth run {cfg.run_dir / 'config.yaml'}", err=True)
+        raise typer.Exit(4)
+    except NothingKept as empty:
+        print_status(cfg.run_dir)
+        saved = cfg.run_dir / "config.yaml"
+        typer.echo(f"\nerror: {empty}. Nothing after it can run on no rows. See why in the stage's rejected rows "
+                   f"(raysynth status {cfg.run_dir}, raysynth report {cfg.run_dir}); change the settings that dropped "
+                   f"them and re-run, or go on with it empty: raysynth run {saved} --set on_empty=continue", err=True)
+        raise typer.Exit(3)
     print_status(cfg.run_dir)
     if cfg.stop_after:
         typer.echo(f"note: no stage {cfg.stop_after} was reached; the run went to its end (see raysynth status)")
@@ -106,15 +123,40 @@ def train(
     typer.echo(f"\nmerged model: {out}")
 
 
+def _one_message_per_failure() -> None:
+    """A stage that fails is reported once, by raysynth (its full traceback goes to the stage's
+    _error.txt): Ray Data's console copy of the error and its stack is dropped; its log file keeps it."""
+    import logging
+
+    class DropErrors(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.levelno < logging.ERROR
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":
+            handler.addFilter(DropErrors())
+
+
 @app.command()
-def status(run_dir: Path = typer.Argument(..., help="A run directory")) -> None:
+def status(
+    run_dir: Path = typer.Argument(..., help="A run directory"),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash every committed file against its batch's "
+                                "marker and name each damaged batch (exit 1 if any); a re-run redoes them"),
+) -> None:
     """Per stage: rows in/out, rows dropped by reason, tokens, seconds, rows/s, tokens/s."""
-    from raysynth.status import print_status
+    from raysynth.status import print_status, verify_run
 
     if not run_dir.is_dir():
         typer.echo(f"error: {run_dir}: no such run directory", err=True)
         raise typer.Exit(2)
     print_status(run_dir)
+    if verify:
+        damaged = verify_run(run_dir)
+        for stage, key, problem in damaged:
+            typer.echo(f"damaged: {stage} batch {key}: {problem}")
+        typer.echo(f"verify: {len(damaged)} damaged batch(es)" + ("; `raysynth run` with the run's config "
+                   "recomputes them" if damaged else ": every committed file matches its checksum"))
+        raise typer.Exit(1 if damaged else 0)
 
 
 @contextmanager
@@ -136,13 +178,11 @@ def _exit_on_user_error(model_field: str | None = None, config_errors: tuple[typ
 
 
 def _run_model(run_dir: Path, name: str) -> tuple[str, int | None]:
-    """A model registered in the run (models.json: name -> path, iteration), else `name` itself."""
-    from raysynth.train import registered_models
+    """A model registered in the run (models.json), else `name` itself."""
+    from raysynth.registry import read_registry
 
-    models = registered_models(run_dir)
-    if name in models:
-        return models[name]["path"], int(models[name]["iteration"])
-    return name, None
+    entry = read_registry(run_dir).models.get(name)
+    return (entry.path, entry.iteration) if entry else (name, None)
 
 
 @app.command("eval")
@@ -216,27 +256,31 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory")) -> None:
 @app.command()
 def serve(
     config: Optional[Path] = typer.Argument(None, help="Serve settings (YAML), e.g. jobs/serve.yaml; optional"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Follow this run's current model "
-                                           "(current_model.json) and switch when a recipe registers a new one"),
-    model: Optional[str] = typer.Option(None, help="Serve this model (registered name, directory, hub id) "
-                                        "and make it the run's current model"),
-    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Follow this run's current model (its "
+                                           "registry, models.json) and switch when a recipe registers a new one"),
+    model: Optional[str] = typer.Option(None, help="Serve this model (registered name, directory, hub id): "
+                                        "registered in the run and made current"),
+    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1; any other address "
+                                       "needs an API key)"),
     port: Optional[int] = typer.Option(None, help="Port (default 8000)"),
     set_: List[str] = typer.Option([], "--set", help="Override a serve setting: --set max_replicas=2"),
 ) -> None:
     """Serve the run's current model behind an OpenAI-compatible API (Ray Serve + vLLM):
-    /v1/models, /v1/chat/completions, /v1/completions (stream=true: server-sent events), /health,
-    /admin/swap. With RAYSYNTH_API_KEY set, requests need `Authorization: Bearer <key>`.
-    Runs until Ctrl-C."""
+    /v1/models, /v1/chat/completions, /v1/completions (stream=true: server-sent events), /health.
+
+    Keys (read by the replicas from their environment or a file on each node): RAYSYNTH_API_KEY
+    guards inference (required unless bound to loopback); RAYSYNTH_ADMIN_KEY turns on /admin/swap and
+    /admin/status (off without it). Runs until Ctrl-C."""
     from raysynth.config import load_serve_config
 
     overrides = list(set_) + [f"{k}={v}" for k, v in (("run_dir", run_dir), ("model", model), ("host", host),
                                                         ("port", port)) if v is not None]
     with _exit_on_user_error():
         cfg = load_serve_config(config, overrides)
-        from raysynth.serve import initial_pointer
+        from raysynth.serve import check_exposure, initial_model
 
-        current = initial_pointer(cfg)
+        check_exposure(cfg)
+        current = initial_model(cfg)
 
     from ray import serve as ray_serve
 
@@ -245,8 +289,8 @@ def serve(
 
     init_ray()
     url = start_server(cfg)
-    typer.echo(f"serving {current['name']} at {url}/v1 (OpenAI-compatible); following "
-               f"{cfg.run_dir / 'current_model.json'}. Ctrl-C to stop.")
+    typer.echo(f"serving {current.name} at {url}/v1 (OpenAI-compatible); following "
+               f"{cfg.run_dir / 'models.json'}. Ctrl-C to stop.")
     try:
         while True:
             time.sleep(3600)
@@ -256,18 +300,53 @@ def serve(
 
 @app.command()
 def swap(
-    model: str = typer.Argument(..., help="A model registered in the run (see RUN_DIR/models.json), a model "
-                                "directory or a hub id"),
+    model: str = typer.Argument(..., help="A model registered in the run (raysynth models list --run-dir DIR)"),
     run_dir: Path = typer.Option(..., "--run-dir", help="The run the server follows"),
-    name: Optional[str] = typer.Option(None, help="Model id to serve it under"),
 ) -> None:
-    """Switch a running `raysynth serve` to MODEL: points RUN_DIR/current_model.json at it; replicas
-    load it and switch without dropping requests."""
-    from raysynth.serve import point_run_at
+    """Switch a running `raysynth serve` to a registered MODEL (or roll back to an earlier one): the
+    run's registry names it current; replicas load it, test it, and switch without dropping requests."""
+    from raysynth.registry import UnknownModel, make_current
+
+    with _exit_on_user_error(config_errors=(UnknownModel,)):
+        entry = make_current(run_dir, model)
+    typer.echo(f"{run_dir / 'models.json'}: current -> {entry.name} ({entry.path})")
+
+
+models_app = typer.Typer(help="The models a run may serve (RUN_DIR/models.json): list them, register a directory.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(run_dir: Path = typer.Option(..., "--run-dir", help="A run directory")) -> None:
+    """The run's registered models; * marks the current one."""
+    from raysynth.registry import read_registry
+
+    registry = read_registry(run_dir)
+    if not registry.models:
+        typer.echo(f"{run_dir}: no registered models")
+    for entry in registry.models.values():
+        mark = "*" if entry.name == registry.current else " "
+        typer.echo(f"{mark} {entry.name:<28} iteration {entry.iteration:<3} {entry.path}")
+
+
+@models_app.command("add")
+def models_add(
+    model: str = typer.Argument(..., help="A model directory, the embedded model's name or a hub id"),
+    run_dir: Path = typer.Option(..., "--run-dir", help="The run to register it in"),
+    name: Optional[str] = typer.Option(None, help="Model id to serve it under (default: the directory name)"),
+    current: bool = typer.Option(False, "--current", help="Also make it current (a running server switches)"),
+) -> None:
+    """Register a model in the run so that `raysynth swap` and POST /admin/swap may serve it. Its weights
+    are checked first (a truncated safetensors file is refused)."""
+    from raysynth.models import check_checkpoint, resolve_model
+    from raysynth.serve import add_model
 
     with _exit_on_user_error():
-        entry = point_run_at(run_dir, model, name)
-    typer.echo(f"{run_dir / 'current_model.json'} -> {entry['name']} ({entry['path']})")
+        check_checkpoint(resolve_model(model))
+        entry = add_model(run_dir, model, name, current=current)
+    typer.echo(f"registered {entry.name} ({entry.path}) in {run_dir / 'models.json'}"
+               + (" as current" if current else ""))
 
 
 @app.command()

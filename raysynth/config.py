@@ -98,6 +98,15 @@ class EngineConfig(Strict):
     num_gpus: float = Field(0, ge=0)
     endpoint: EndpointConfig | None = Field(None, description="call this endpoint instead of starting "
                                             "vLLM actors; `model` is then unused")
+    max_restarts: int = Field(3, ge=0, description="times Ray restarts an engine actor whose process died (out "
+                              "of memory, a crash, a lost node); its batch is redone on the restarted engine")
+    batch_retries: int = Field(3, ge=0, description="times a batch is redone after a machinery failure (engine "
+                               "died or hung, endpoint unreachable or answering 5xx/429) before the run stops "
+                               "with an error; such rows are never committed as rejected")
+    batch_timeout_s: float = Field(600, gt=0, description="a batch's deadline on its engine is this plus "
+                                   "batch_timeout_s_per_token x rows x n x max_tokens; past it the engine counts "
+                                   "as hung: it is restarted and the batch redone (the base covers a model load)")
+    batch_timeout_s_per_token: float = Field(0.2, gt=0)
     cpu_threads_bind: str = Field(
         "all",
         description="VLLM_CPU_OMP_THREADS_BIND for CPU actors: 'all' binds every core the actor "
@@ -277,22 +286,35 @@ class TrainConfig(Strict):
 class ServeConfig(Strict):
     """`raysynth serve`: an OpenAI-compatible Ray Serve app following a run's current model.
 
-    Each replica holds its model in vLLM and polls `<run_dir>/current_model.json`; when it names a new
-    checkpoint the replica loads it beside the old one, sends new requests to it, and retires the old
-    engine once its in-flight requests finish, so no request fails during a switch.
+    Each replica holds its model in vLLM and polls the run's registry (`<run_dir>/models.json`); when
+    its current model changes the replica loads it beside the old one, checks it with one generation,
+    sends new requests to it, and retires the old engine once its in-flight requests finish, so no
+    request fails during a switch.
     """
 
-    run_dir: Path = Field(Path("runs/serve"), description="run whose current_model.json is followed")
-    model: str | None = Field(None, description="serve this model (name, dir, hub id) and make it the run's "
-                              "current model at start; None: the run's current model, else the embedded one")
+    run_dir: Path = Field(Path("runs/serve"), description="run whose model registry (models.json) is followed")
+    model: str | None = Field(None, description="serve this model (name, dir, hub id): registered in the run and "
+                              "made current at start; None: the run's current model, else the embedded one")
     model_name: str | None = Field(None, description="model id for `model`; None: its directory name")
     current_alias: str = Field("current", description="a model id that always means the current model")
     keep_previous: int = Field(0, ge=0, description="earlier models kept loaded and addressable by name")
-    poll_s: float = Field(2.0, gt=0, description="how often replicas check the pointer")
-    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 exposes the server")
+    poll_s: float = Field(2.0, gt=0, description="how often replicas check the registry's current model")
+    host: str = Field("127.0.0.1", description="bind address; any non-loopback address needs an API key")
     port: int = Field(8000, ge=1, le=65535)
-    api_key_env: str | None = Field("RAYSYNTH_API_KEY", description="when this variable is set, requests "
-                                    "need `Authorization: Bearer <its value>`")
+    # Keys come from the replica's own environment (set where `ray start` runs on each node) or a file
+    # on every node, never from the job's runtime_env, which the Ray dashboard shows.
+    api_key_env: str | None = Field("RAYSYNTH_API_KEY", description="variable holding the inference key; when "
+                                    "a key is set, requests need `Authorization: Bearer <key>`")
+    api_key_file: Path | None = Field(None, description="file holding the inference key (read when the variable "
+                                      "is unset), e.g. ~/.raysynth/api_key on every node")
+    admin_key_env: str | None = Field("RAYSYNTH_ADMIN_KEY", description="variable holding the key for /admin/*; "
+                                      "with no admin key anywhere the admin routes are off")
+    admin_key_file: Path | None = Field(None, description="file holding the admin key, read at each admin request "
+                                        "(so it can be rotated or removed without a restart)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    health_check_period_s: float = Field(10, gt=0, description="how often Serve checks each replica's engine; "
+                                         "3 failed checks in a row replace the replica")
+    health_check_timeout_s: float = Field(30, gt=0)
     max_tokens_limit: int = Field(1024, ge=1, description="requests asking for more get 400")
     max_n: int = Field(4, ge=1)
     min_replicas: int = Field(1, ge=0)
@@ -317,6 +339,9 @@ class RunHeader(Strict):
     stop_after: str | None = Field(None, pattern=r"^iter-\d{2}/[a-z0-9-]+$", description="stop once this stage "
                                    "(iter-NN/name, e.g. iter-01/answer) is committed, before the next one opens: "
                                    "to look at a stage, or to recompute one and compare it with another run")
+    on_empty: Literal["stop", "continue"] = Field("stop", description="when a stage keeps no row of a non-empty "
+                                                  "input, or an iteration has nothing to train on: stop with a "
+                                                  "non-zero exit naming it (stop), or note it and go on (continue)")
 
 
 class CondorRun(RunHeader):

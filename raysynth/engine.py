@@ -2,9 +2,11 @@
 
 `VLLMEngine` loads a model once and generates for each batch it is given: input column
 `prompt_messages` (JSON chat messages), output columns `completions` (list of n texts),
-`finish_reasons`, `tokens_in`, `tokens_out` and `engine_error`. A row that fails comes back
-with `engine_error` set; it never fails its batch. It runs as a long-lived Ray actor shared by
-consecutive stages on the same model, or inside `VLLMStage`, a Ray Data actor pool of one stage.
+`finish_reasons`, `tokens_in`, `tokens_out` and `engine_error`. A row that fails on its own comes
+back with `engine_error` set (a row reason: too long, malformed, failed alone); an engine that fails
+the whole batch raises MachineryFailure, so the batch is redone elsewhere (raysynth/faults.py). It
+runs as a long-lived Ray actor shared by consecutive stages on the same model, or inside
+`VLLMStage`, a Ray Data actor pool of one stage.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from raysynth.config import EngineConfig, SamplingConfig
+from raysynth.faults import MachineryFailure
 from raysynth.store import stable_hash
 
 log = logging.getLogger(__name__)
@@ -178,18 +181,28 @@ class VLLMEngine:
 
     def _generate_isolating_failures(self, rows: list[int], token_lists: list[list[int]], params: list,
                                      errors: list[str]):
+        """The batch at once; if that fails, row by row: a row that fails alone while others generate
+        is the row's failure (rejected, `generation_error`), and so is a batch of one row failing. If
+        every row of a larger batch fails, the engine is what failed (MachineryFailure): the batch is
+        redone on a restarted engine, nothing is rejected."""
         if not rows:
             return {}
         try:
             return dict(zip(rows, self._generate(token_lists, params)))
         except Exception as exc:
             log.warning("batch of %d failed (%s); retrying row by row", len(rows), exc)
-        outputs = {}
+            first = exc
+        outputs, failed = {}, {}
         for i, ids, one in zip(rows, token_lists, params):
             try:
                 outputs[i] = self._generate([ids], [one])[0]
             except Exception as exc:
-                errors[i] = f"engine_error: {type(exc).__name__}: {exc}"[:500]
+                failed[i] = f"generation_error: {type(exc).__name__}: {exc}"[:500]
+        if not outputs and len(rows) > 1:
+            raise MachineryFailure(f"the engine failed every row of a batch of {len(rows)}: "
+                                   f"{type(first).__name__}: {first}"[:500]) from first
+        for i, error in failed.items():
+            errors[i] = error
         return outputs
 
 
@@ -231,6 +244,22 @@ def request_params(temperature: float, top_p: float, max_tokens: int, n: int, st
     return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, n=n, stop=stop or None,
                           min_tokens=min_tokens,
                           output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+
+
+async def smoke_generate(engine, tokenizer) -> None:
+    """One greedy token of a fixed prompt: a checkpoint that loads but cannot generate is refused
+    before it serves anyone."""
+    import uuid
+
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    params = SamplingParams(temperature=0, max_tokens=1, output_kind=RequestOutputKind.FINAL_ONLY)
+    final = None
+    async for final in engine.generate(token_prompt(tokenizer.encode("Hello")), params, f"smoke-{uuid.uuid4().hex}"):
+        pass
+    if final is None or not final.outputs or not final.outputs[0].token_ids:
+        raise RuntimeError("the test generation returned no token")
 
 
 def token_prompt(ids: list[int]):

@@ -98,3 +98,30 @@ def _hub_cached(repo_id: str) -> bool:
 def engine_for(engine: EngineConfig, model: str) -> tuple[EngineConfig, str]:
     """(`engine` running `model`, the model's local directory): the pair every LLM stage takes."""
     return engine.model_copy(update={"model": model}), resolve_model(model)
+
+
+def check_checkpoint(model_dir: str) -> None:
+    """A local directory's safetensors files are whole: each file's size is its header's length plus
+    the end of its last tensor. Cheap (headers only); names the damaged file. Hub ids pass."""
+    import json
+    import struct
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        return
+    files = sorted(path.glob("*.safetensors"))
+    if not files and not any(path.glob("*.bin")):
+        raise ModelNotFoundError(f"{path} holds no weights (*.safetensors or *.bin)")
+    for file in files:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+            header = f.read(header_len) if 8 + header_len <= size else b""
+        try:
+            tensors = [v for k, v in json.loads(header).items() if k != "__metadata__"]
+        except ValueError:
+            raise ModelNotFoundError(f"{file} is damaged: its header does not parse ({size} bytes)") from None
+        expected = 8 + header_len + max((t["data_offsets"][1] for t in tensors), default=0)
+        if size != expected:
+            raise ModelNotFoundError(f"{file} is damaged: {size} bytes where its header describes {expected}")

@@ -5,7 +5,9 @@ An LLM stage is one streaming Ray Data pipeline over the inputs not yet committe
 The engine actors are kept alive from one stage to the next while the model stays the same
 (`engine_actors`), or, with `engine.keep_alive: false`, are a Ray Data actor pool of the stage.
 Each commit task writes its batch's kept and rejected rows and a marker naming the inputs it
-covers, so a killed run loses at most the batches in flight and never duplicates a row.
+covers, so a killed run loses at most the batches in flight and never duplicates a row. A batch the
+machinery fails (engine died or hung, endpoint down) is redone, never rejected (raysynth/faults.py);
+past its retries the stage raises StageFailed and a re-run resumes it.
 The driver only sees one small stats row per batch, for the progress bar.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,6 +26,7 @@ import ray
 from tqdm import tqdm
 
 from raysynth.config import EngineConfig, SamplingConfig
+from raysynth.faults import MachineryFailure, StageFailed, root_message
 from raysynth.steps import LLMStep, Rejection
 from raysynth.store import LINEAGE, RunDir, StageDir, id_hash, row_id, stable_hash
 
@@ -51,6 +55,14 @@ def init_ray() -> None:
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar per stage from the driver instead of one per operator
+    # Rows reach the batcher in read order, so batches (and their sampling seeds) do not depend on
+    # which read task finished first.
+    ctx.execution_options.preserve_order = True
+    # An actor pool's batch that fails for the machinery is redone (bounded by the pool's
+    # max_task_retries), like one whose actor died; any other error fails the stage at once. Ray
+    # matches the exception the task raises, so UDF errors must not be wrapped in UserCodeException.
+    ctx.raise_original_map_exception = True
+    ctx.actor_task_retry_on_errors = [MachineryFailure]
 
 
 def carried_columns(row: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +140,7 @@ def run_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], 
     total = source.rows_out()
     read = (lambda: ray.data.read_parquet(files)) if files else None
     _stream(stage, read, total, batch_size, label, add_ops)
-    return finish_stage(stage, identity, total)
+    return finish_stage(run, stage, identity, total)
 
 
 def run_read_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], read: Callable[[], Any],
@@ -139,7 +151,7 @@ def run_read_stage(run: RunDir, iteration: int, name: str, identity: dict[str, A
     if stage.committed:
         return stage
     _stream(stage, read, None, batch_size, label, add_ops)
-    return finish_stage(stage, identity, stage.done_count())
+    return finish_stage(run, stage, identity, stage.done_count())
 
 
 def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, batch_size: int, label: str,
@@ -153,12 +165,24 @@ def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, 
             # The committed inputs go to the object store once, as sorted 64-bit hashes, and every task
             # reads them from there (zero-copy on its node) instead of carrying a set of every id.
             ds = ds.filter(NotCommitted(ray.put(done)))
-        # Blocks of batch_size rows: an actor emits a block only when all of it is processed, so the
-        # block is the unit of commit and of work lost to a crash.
-        ds = add_ops(ds.repartition(target_num_rows_per_block=batch_size), stage)
-        for stats in ds.iter_rows():
-            bar.update(int(stats["rows_in"]))
+        # Blocks of exactly batch_size rows, cut from the rows in their read order (init_ray preserves
+        # it): an actor emits a block only when all of it is processed, so the block is the unit of
+        # commit and of work lost to a crash. Committed batches are whole such blocks, so the rows
+        # left after the resume filter are cut into the very batches an uninterrupted run makes, and a
+        # batch's seed (its row ids) draws the same samples.
+        ds = add_ops(ds.repartition(target_num_rows_per_block=batch_size, strict=True), stage)
+        try:
+            for stats in ds.iter_rows():
+                bar.update(int(stats["rows_in"]))
+                stage.record_time(session, started)
+        except Exception as exc:  # retries are spent: one message, what is committed stays
+            bar.close()
             stage.record_time(session, started)
+            (stage.path / "_error.txt").write_text(traceback.format_exc())
+            committed = stage.done_count()
+            of = f" of {total}" if total is not None else ""
+            raise StageFailed(f"{stage.path.parent.name}/{stage.name}: {root_message(exc)}; {committed}{of} input "
+                              f"rows are committed and stay (full error: {stage.path / '_error.txt'})") from exc
     bar.close()
     stage.record_time(session, started)
 
@@ -196,7 +220,7 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
             ds = ds.map_batches(build_prompts, num_cpus=LIGHT_TASK_CPUS, **prompts)
             ds = ds.map_batches(generate_on_engines, batch_format="pandas", batch_size=engine.batch_size,
                                 num_cpus=LIGHT_TASK_CPUS, concurrency=2 * len(actors),
-                                fn_kwargs={"actors": actors, **step_args})
+                                fn_kwargs={"actors": actors, "engine": engine, **step_args})
         else:
             ds = ds.map_batches(build_prompts, **prompts)
             ds = ds.map_batches(
@@ -204,6 +228,8 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
                 compute=ray.data.ActorPoolStrategy(min_size=engine.concurrency[0], max_size=engine.concurrency[1]),
                 num_cpus=engine.endpoint.num_cpus if engine.endpoint else engine.num_cpus,
                 num_gpus=0 if engine.endpoint else engine.num_gpus,
+                # Bounded: Ray Data's default restarts a dead actor and retries its batch forever.
+                max_restarts=engine.max_restarts, max_task_retries=engine.batch_retries,
                 fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, **step_args})
         return ds.map_batches(parse_and_commit, batch_format="pandas", batch_size=None, num_cpus=LIGHT_TASK_CPUS,
                               fn_kwargs={"step": step, "stage_dir": str(stage.path), "lineage": lineage,
@@ -243,12 +269,38 @@ def engine_actors(engine: EngineConfig, model_dir: str) -> list[Any]:
 
     settings = engine.model_dump(mode="json", exclude={"batch_size", "keep_alive", "endpoint"})
     key = stable_hash([_ray_instance(), model_dir, settings])
+    if _kept_engines.get("key") == key and not _all_alive(_kept_engines["actors"], engine.batch_timeout_s):
+        release_engines()  # one has used up its restarts (or hangs): start the model's engines afresh
     if _kept_engines.get("key") != key:
         release_engines()
-        actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus)
+        # A dead actor is restarted (model loaded again); generate_on_engines redoes its batch.
+        actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
+                                               max_restarts=engine.max_restarts, max_task_retries=0)
         _kept_engines.update(key=key, ray=_ray_instance(),
                              actors=[actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])])
     return _kept_engines["actors"]
+
+
+def wait_until_ready(actor: Any, timeout_s: float) -> None:
+    """Until a restarting actor has loaded its model again (calls to it fail at once meanwhile), or
+    it is gone for good (the next call says so), or `timeout_s`."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.time()))
+            return
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(1.0)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return
+
+
+def _all_alive(actors: list[Any], timeout_s: float) -> bool:
+    try:
+        ray.get([actor.__ray_ready__.remote() for actor in actors], timeout=timeout_s)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
 
 
 def release_engines() -> None:
@@ -260,24 +312,54 @@ def release_engines() -> None:
     _kept_engines.clear()
 
 
-def generate_on_engines(batch: pd.DataFrame, actors: list[Any], sampling: SamplingConfig, regex: str | None,
-                        json_schema: dict | None) -> pd.DataFrame:
-    """One batch generated on one of the kept engines (picked by the batch's seed)."""
+def generate_on_engines(batch: pd.DataFrame, actors: list[Any], engine: EngineConfig, sampling: SamplingConfig,
+                        regex: str | None, json_schema: dict | None) -> pd.DataFrame:
+    """One batch generated on one of the kept engines (picked by the batch's seed). An engine that
+    died, failed the whole batch or passed its deadline is restarted and the batch redone, up to
+    `engine.batch_retries` times; then MachineryFailure, never rejected rows."""
     from raysynth.engine import batch_seed
 
     seed = batch_seed(sampling.seed, batch)
-    return ray.get(actors[seed % len(actors)].generate.remote(batch, sampling, regex, json_schema, seed))
+    actor = actors[seed % len(actors)]
+    deadline = engine.batch_timeout_s + engine.batch_timeout_s_per_token * len(batch) * sampling.n * sampling.max_tokens
+    failures = []
+    for attempt in range(engine.batch_retries + 1):
+        restart = True
+        try:
+            return ray.get(actor.generate.remote(batch, sampling, regex, json_schema, seed), timeout=deadline)
+        except ray.exceptions.GetTimeoutError:
+            failures.append(f"no answer within {deadline:.0f} s")  # hung
+        except ray.exceptions.RayTaskError as exc:  # the engine failed the whole batch
+            failures.append(root_message(exc))
+        except ray.exceptions.RayActorError as exc:  # the process died: Ray restarts it if it may
+            failures.append(f"engine actor died ({type(exc).__name__})")
+            restart = False
+        if attempt == engine.batch_retries:
+            break
+        if restart:  # a restart counts against the actor's max_restarts
+            ray.kill(actor, no_restart=False)
+        print(f"[retry] a batch of {len(batch)} rows: {failures[-1]}; attempt {attempt + 2} of "
+              f"{engine.batch_retries + 1}", flush=True)
+        time.sleep(min(30.0, 2.0 ** attempt))
+        wait_until_ready(actor, engine.batch_timeout_s)
+    raise MachineryFailure(f"a batch of {len(batch)} rows failed {len(failures)} times on its engine: "
+                           + "; ".join(failures))
 
 
 def open_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], quiet: bool = False) -> StageDir:
     """The stage's directory: left alone when already committed (the caller skips it), else
-    prepared for writing (leftovers of an interrupted run removed). Raises StopRequested first when
+    prepared for writing (leftovers of an interrupted run removed). Batches whose files no longer
+    match their markers are uncommitted first, so they are recomputed. Raises StopRequested first when
     the run was asked to stop after a stage that is now committed."""
     run.check_stop()
     stage = run.stage(iteration, name, identity)
+    if damaged := stage.uncommit_damaged():
+        first = next(iter(damaged.values()))
+        print(f"[redo] {stage.path}: {len(damaged)} committed batch(es) damaged (e.g. {first}); recomputing them")
     if stage.committed:
         if not quiet:
             print(f"[skip] {stage.path} (committed)")
+        run.check_kept(stage)
     else:
         stage.prepare(identity)
     return stage
@@ -321,16 +403,19 @@ def run_decision_stage(run: RunDir, iteration: int, name: str, identity: dict[st
     extra = [{c: row[c] for c in extra_columns} for row in rows]
     reasons = decide(frame) if rows else []
     commit_decisions(stage, name, lineage, rows, reasons, [str(row[raw_column]) for row in rows], extra)
-    return finish_stage(stage, identity, len(rows))
+    return finish_stage(run, stage, identity, len(rows))
 
 
-def finish_stage(stage: StageDir, identity: dict[str, Any], total: int) -> StageDir:
+def finish_stage(run: RunDir, stage: StageDir, identity: dict[str, Any], total: int) -> StageDir:
+    """Commit the stage once every input is; a stage that kept nothing of a non-empty input stops the
+    run there (on_empty: stop), the stage stays committed."""
     missing = total - stage.done_count()
     if missing:
         raise RuntimeError(f"{stage.path}: {missing} input rows were not committed; re-run to resume")
     manifest = stage.commit(identity)
     print(f"[done] {stage.name}: {manifest['rows_in']} in, {manifest['rows_out']} out, "
           f"rejected {manifest['rejected'] or 0}")
+    run.check_kept(stage)
     return stage
 
 
@@ -346,4 +431,4 @@ def write_source_stage(run: RunDir, iteration: int, name: str, rows: list[dict[s
     stage.commit_batch(list(frame["id"]), frame, pd.DataFrame(),
                        {"rows_in": len(rows), "rows_out": len(rows), "rejected": {}, "tokens_in": 0,
                         "tokens_out": 0})
-    return finish_stage(stage, identity, len(rows))
+    return finish_stage(run, stage, identity, len(rows))

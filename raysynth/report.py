@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from raysynth.config import saved_run_config  # noqa: E402
-from raysynth.status import stage_rows  # noqa: E402
+from raysynth.status import stage_rows, stage_state  # noqa: E402
 from raysynth.store import ITERATION_SUMMARY, RunDir, StageDir  # noqa: E402
 
 # Per recipe, the stages whose rows a person compares side by side: (before stage, after stage
@@ -90,11 +90,19 @@ def stage_frame(run: RunDir) -> pd.DataFrame:
         return float("nan") if value is None else round(value, digits)
 
     return pd.DataFrame([{"stage": f"{row['iteration']}/{row['stage'].rsplit('-', 1)[0]}",
-                          "state": "committed" if row["committed"] else "partial", "rows in": row["rows_in"],
+                          "state": stage_state(row), "rows in": row["rows_in"],
                           "rows out": row["rows_out"], "dropped": sum(row["rejected"].values()),
                           "reasons": row["rejected"], "tokens out": row["tokens_out"],
                           "seconds": round(row["seconds"], 1), "rows/s": rounded(row["rows_per_s"], 2),
                           "tokens/s": rounded(row["tokens_per_s"], 1)} for row in stage_rows(run.path)])
+
+
+def nothing_kept(stages: pd.DataFrame, iterations: list[dict[str, Any]]) -> list[str]:
+    """Stages that kept no row of a non-empty input, and iterations skipped for want of data."""
+    found = [f"stage {row['stage']} kept 0 of {row['rows in']} rows" for row in stages.to_dict("records")
+             if row["state"] == "EMPTY"] if len(stages) else []
+    return found + [f"iteration {step['iteration']} trained nothing: {step['skipped']}"
+                    for step in iterations if step.get("skipped")]
 
 
 def plot_metrics(metrics: pd.DataFrame) -> str:
@@ -198,7 +206,8 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;ma
 table.grid{border-collapse:collapse;font-size:13px} table.grid td,table.grid th{border:1px solid #ccc;padding:4px 8px}
 table.grid th{background:#eef3f8} .pair{display:grid;grid-template-columns:1fr 1fr;gap:12px;margin:1em 0}
 .pair div{background:#f7f7f7;border:1px solid #ddd;padding:8px;white-space:pre-wrap;font-size:13px}
-.prompt{font-weight:600;margin-top:1.2em} .muted{color:#777} img{max-width:100%}"""
+.prompt{font-weight:600;margin-top:1.2em} .muted{color:#777} img{max-width:100%}
+.warn{background:#fff3cd;border:1px solid #e0b000;padding:6px 10px}"""
 
 
 def build_report(run_dir: Path | str) -> dict[str, Path]:
@@ -213,6 +222,7 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
              f"<p class='muted'>recipe <b>{html.escape(recipe)}</b>, model "
              f"<b>{html.escape(str(config.get('engine', {}).get('model', '?')))}</b>, "
              f"{len(stages)} stages, {int(stages['rows out'].sum()) if len(stages) else 0} rows written</p>"]
+    parts += [f"<p class='warn'>Nothing kept: {html.escape(finding)}</p>" for finding in nothing_kept(stages, iterations)]
     parts.append("<h2>Evaluation per iteration (95% bootstrap intervals)</h2>")
     if len(metrics):
         parts += [plot_metrics(metrics), _table(metrics)]
@@ -262,6 +272,7 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
 def summary_markdown(run: RunDir, recipe: str, evals: list[dict[str, Any]], stages: pd.DataFrame,
                      trains: list[tuple[str, dict[str, Any]]], iterations: list[dict[str, Any]]) -> str:
     lines = [f"# raysynth run `{run.path}` ({recipe})", ""]
+    lines += [f"- **nothing kept**: {finding}" for finding in nothing_kept(stages, iterations)]
     if len(stages):
         lines += [f"- {len(stages)} stages; {int(stages['rows out'].sum())} rows written, "
                   f"{int(stages['dropped'].sum())} dropped, {int(stages['tokens out'].sum())} tokens generated"]

@@ -26,6 +26,20 @@ def stage_rows(run_dir: Path | str) -> list[dict[str, Any]]:
     return rows
 
 
+def stage_state(row: dict[str, Any]) -> str:
+    """partial, committed, or EMPTY: committed without keeping a row of a non-empty input."""
+    if not row["committed"]:
+        return "partial"
+    return "EMPTY" if row["rows_in"] and not row["rows_out"] else "committed"
+
+
+def verify_run(run_dir: Path | str) -> list[tuple[str, str, str]]:
+    """(stage path, batch key, what is wrong) for every committed batch whose files do not match the
+    sizes and checksums its marker recorded."""
+    return [(str(stage.path), key, problem) for stage in RunDir(run_dir).stages()
+            for key, problem in stage.damaged(deep=True).items()]
+
+
 def stage_table(run_dir: Path | str) -> Table:
     table = Table(title=f"raysynth run {run_dir}")
     for column in ("iteration/stage", "state", "rows in", "rows out", "dropped (reason: n)",
@@ -35,7 +49,7 @@ def stage_table(run_dir: Path | str) -> Table:
     for row in stage_rows(run_dir):
         rate = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(row["rejected"].items())) or "-"
-        table.add_row(f"{row['iteration']}/{row['stage']}", "committed" if row["committed"] else "partial",
+        table.add_row(f"{row['iteration']}/{row['stage']}", stage_state(row),
                       str(row["rows_in"]), str(row["rows_out"]), dropped, str(row["tokens_in"]),
                       str(row["tokens_out"]), f"{row['seconds']:.1f}", rate(row["rows_per_s"]),
                       rate(row["tokens_per_s"]))

@@ -3,12 +3,16 @@
 Layout of one stage directory:
   part-<key>.parquet          kept rows of one committed batch
   rejected/part-<key>.parquet rejected rows of that batch (`reason`, `raw` columns)
-  _done/<key>.json            commit marker: input ids covered, counts, tokens (written last)
+  _done/<key>.json            commit marker: input ids covered, counts, tokens, and each data file's
+                              rows, size and checksum (written last)
   _time.json                  wall-clock seconds spent, per driver session
-  _stage.json                 manifest: the stage is complete (written last of all)
+  _stage.json                 manifest: the stage is complete, with every data file's size (written last of all)
 
 A batch is committed when its marker exists; data files without a marker are leftovers of
 an interrupted run and are deleted on resume. Inputs named in markers are not recomputed.
+Every file is fsynced before its rename (and the directory after), so a marker that survives a
+power loss names whole files. A batch whose files no longer match its marker (`damaged`) is
+uncommitted and redone by the next run; `raysynth status --verify` re-hashes every file.
 """
 
 from __future__ import annotations
@@ -54,19 +58,47 @@ def id_hashes(ids: Iterable[str]) -> np.ndarray:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write, fsync, rename over `path`, fsync the directory: after a crash `path` is old or new, whole."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str).encode())
 
 
-def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-    os.replace(tmp, path)
+def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> dict[str, Any]:
+    """Write `frame` durably; returns what a marker records of the file: rows, bytes, checksum."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    data = buffer.getvalue().to_pybytes()
+    atomic_write_bytes(path, data)
+    return {"rows": len(frame), "bytes": len(data), "blake2b": digest(data)}
+
+
+def file_problem(path: Path, recorded: dict[str, Any], deep: bool) -> str | None:
+    """What is wrong with a committed file against its record (None: nothing); `deep` re-hashes it."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != recorded["bytes"]:
+        return f"{size} bytes where {recorded['bytes']} were committed"
+    if deep and digest(path.read_bytes()) != recorded["blake2b"]:
+        return "contents differ from the committed checksum"
+    return None
 
 
 @dataclass
@@ -115,6 +147,7 @@ class StageDir:
         (self.path / "rejected").mkdir(exist_ok=True)
         if not (self.path / "_identity.json").exists():
             atomic_write_json(self.path / "_identity.json", {"identity": identity, "created": time.time()})
+        (self.path / "_error.txt").unlink(missing_ok=True)  # the last failure's traceback: this run retries it
         done = {p.stem for p in (self.path / DONE).glob("*.json")}
         for pattern in ("part-*.parquet", "rejected/part-*.parquet", ".*.tmp-*", "rejected/.*.tmp-*",
                         f"{DONE}/.*.tmp-*"):
@@ -151,11 +184,42 @@ class StageDir:
                      stats: dict[str, Any]) -> None:
         """Write one batch: data files first, the marker last (the marker is the commit)."""
         key = stable_hash(sorted(inputs), 16)
-        if len(kept):
-            atomic_write_parquet(self.path / f"part-{key}.parquet", kept)
-        if len(rejected):
-            atomic_write_parquet(self.path / "rejected" / f"part-{key}.parquet", rejected)
-        atomic_write_json(self.path / DONE / f"{key}.json", {"inputs": inputs, **stats})
+        files = {}
+        for name, frame in ((f"part-{key}.parquet", kept), (f"rejected/part-{key}.parquet", rejected)):
+            if len(frame):
+                files[name] = atomic_write_parquet(self.path / name, frame)
+        atomic_write_json(self.path / DONE / f"{key}.json", {"inputs": inputs, **stats, "files": files})
+
+    def damaged(self, deep: bool = False) -> dict[str, str]:
+        """Committed batches whose files are not what their marker recorded: key -> what is wrong.
+        Sizes only (cheap: a committed stage checks its manifest's list), or `deep`: every checksum.
+        Batches committed before markers recorded their files are not checked."""
+        if self.committed and not deep:
+            files = self.manifest().get("files", {})
+            return {batch_key(name): f"{name}: {problem}" for name, recorded in files.items()
+                    if (problem := file_problem(self.path / name, recorded, deep=False))}
+        damaged = {}
+        for marker in sorted((self.path / DONE).glob("*.json")):
+            try:
+                files = json.loads(marker.read_text()).get("files", {})
+            except ValueError:
+                damaged[marker.stem] = f"{DONE}/{marker.name}: does not parse"
+                continue
+            for name, recorded in files.items():
+                if problem := file_problem(self.path / name, recorded, deep):
+                    damaged[marker.stem] = f"{name}: {problem}"
+                    break
+        return damaged
+
+    def uncommit_damaged(self, deep: bool = False) -> dict[str, str]:
+        """Drop the markers of damaged batches (and the manifest, if any is), so the next run of the
+        stage recomputes exactly those batches; returns them."""
+        damaged = self.damaged(deep)
+        for key in damaged:
+            (self.path / DONE / f"{key}.json").unlink(missing_ok=True)
+        if damaged:
+            (self.path / MANIFEST).unlink(missing_ok=True)
+        return damaged
 
     def record_time(self, session: str, started: float) -> None:
         path = self.path / TIMES
@@ -163,17 +227,21 @@ class StageDir:
         times[session] = time.time() - started
         atomic_write_json(path, times)
 
-    def stats(self) -> StageStats:
+    def stats(self, files: dict[str, Any] | None = None) -> StageStats:
+        """Totals over the committed batches; `files`, when given, collects each data file's size."""
         stats = StageStats()
         for marker in self.markers():
             stats.add(marker)
+            if files is not None:
+                files.update({name: {"bytes": r["bytes"]} for name, r in marker.get("files", {}).items()})
         if (self.path / TIMES).exists():
             stats.seconds = sum(json.loads((self.path / TIMES).read_text()).values())
         return stats
 
     def commit(self, identity: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        files: dict[str, Any] = {}
         manifest = {"stage": self.name, "identity": identity, "committed_at": time.time(),
-                    **self.stats().as_dict(), **(extra or {})}
+                    **self.stats(files).as_dict(), **(extra or {}), "files": files}
         atomic_write_json(self.path / MANIFEST, manifest)
         return manifest
 
@@ -184,14 +252,39 @@ class StageDir:
         return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
 
 
+def batch_key(file_name: str) -> str:
+    """The batch a data file belongs to: `part-<key>.parquet` or `rejected/part-<key>.parquet`."""
+    return Path(file_name).name.removeprefix("part-").removesuffix(".parquet")
+
+
 class StopRequested(Exception):
     """The stage a run was asked to stop after (`stop_after`) is committed."""
 
 
+class NothingKept(Exception):
+    """A stage kept no row of a non-empty input, or an iteration has nothing to train on (on_empty: stop)."""
+
+
 class RunDir:
-    def __init__(self, path: Path | str, stop_after: str | None = None):
+    def __init__(self, path: Path | str, stop_after: str | None = None, on_empty: str = "continue"):
         self.path = Path(path)
         self.stop_after = stop_after  # "iter-NN/name"
+        # "stop" or "continue"; recipes pass their config's (default stop), stages driven directly go on
+        self.on_empty = on_empty
+
+    def nothing_kept(self, what: str) -> None:
+        """Stop the run (NothingKept) or, with on_empty: continue, say so and go on."""
+        if self.on_empty == "stop":
+            raise NothingKept(what)
+        print(f"[empty] {what}; going on (on_empty: continue)")
+
+    def check_kept(self, stage: StageDir) -> None:
+        """A committed stage that kept nothing of a non-empty input stops the run (or is noted)."""
+        manifest = stage.manifest()
+        if manifest["rows_in"] and not manifest["rows_out"]:
+            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(manifest["rejected"].items())) or "none recorded"
+            self.nothing_kept(f"{stage.path.parent.name}/{stage.name} kept 0 of {manifest['rows_in']} rows "
+                              f"(dropped by reason: {reasons})")
 
     def check_stop(self) -> None:
         """Raise StopRequested when the stage named by `stop_after` is committed."""

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import (assert_resume_matches_uninterrupted, kill_driver_when, partly_committed, run_raysynth,
                       write_tiny_config)
+from raysynth.registry import read_registry
 from raysynth.store import RunDir
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,36 @@ def test_changed_setting_recomputes_that_stage_and_after(baseline_run: Path, tmp
     assert names.count("refine-1") == 2 and names.count("critique-1") == 1 and names.count("answer") == 1
 
 
+def test_a_damaged_part_file_is_found_and_its_batch_redone(baseline_run: Path, tmp_path: Path):
+    """A committed part file cut short (as a disk or a copy might leave it): `status --verify` names the
+    batch and exits 1; a re-run recomputes only that batch; every stage's counts equal the undamaged run's."""
+    import shutil
+
+    from conftest import raysynth_cmd
+    from raysynth.store import batch_key
+
+    copy = tmp_path / "run"
+    shutil.copytree(baseline_run, copy)
+    counts = {s.name: {k: v for k, v in s.stats().as_dict().items() if k != "seconds"} for s in RunDir(copy).stages()}
+    answer = next(s for s in RunDir(copy).stages() if s.name.startswith("answer"))
+    markers = {m.name for m in (answer.path / "_done").glob("*.json")}
+    assert len(markers) >= 2, "the answer stage should have several batches"
+    part = Path(answer.part_files()[0])
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+
+    verify = subprocess.run(raysynth_cmd("status", str(copy), "--verify"), capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert f"batch {batch_key(part.name)}" in verify.stdout and "bytes where" in verify.stdout
+    assert "1 damaged batch" in verify.stdout
+
+    result = run_raysynth("run", str(write_tiny_config(tmp_path, copy)))
+    assert f"[redo] {answer.path}: 1 committed batch(es) damaged" in result.stdout
+    assert {m.name for m in (answer.path / "_done").glob("*.json")} == markers  # the same batches
+    assert counts == {s.name: {k: v for k, v in s.stats().as_dict().items() if k != "seconds"}
+                      for s in RunDir(copy).stages()}
+    assert subprocess.run(raysynth_cmd("status", str(copy), "--verify"), capture_output=True, timeout=300).returncode == 0
+
+
 def test_kill_driver_mid_stage_then_resume(tmp_path: Path):
     """Killed in the answer stage, sampled at temperature 0.8; the resumed run's answers are the ones
     an uninterrupted run of the same seed draws."""
@@ -99,9 +130,9 @@ def test_sft_step_trains_and_registers_the_model(baseline_run: Path, tmp_path: P
                           *EVAL_SETTINGS)
     skipped = [line for line in result.stdout.splitlines() if line.startswith("[skip]")]
     assert sum("/eval-" not in line for line in skipped) == 4  # synthesis is reused; training and eval run
-    current = json.loads((copy / "current_model.json").read_text())
-    assert current["name"] == "condor-iter-01" and current["iteration"] == 1
-    model_dir = Path(current["path"])
+    current = read_registry(copy).current_entry()
+    assert current.name == "condor-iter-01" and current.iteration == 1
+    model_dir = Path(current.path)
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer_config.json").is_file()
     done = json.loads((model_dir.parent / "_done.json").read_text())
     assert done["steps"] == 4 and done["last_loss"] is not None

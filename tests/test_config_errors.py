@@ -55,9 +55,10 @@ def test_help_explains_commands():
     result = cli("--help")
     assert result.returncode == 0 and "run" in result.stdout and "status" in result.stdout
     assert "RAY_ADDRESS" in cli("run", "--help").stdout
-    for command in ("eval", "report", "serve", "swap"):
+    for command in ("eval", "report", "serve", "swap", "models"):
         assert command in result.stdout
-    assert "Bearer" in cli("serve", "--help").stdout
+    serve_help = cli("serve", "--help").stdout
+    assert "RAYSYNTH_API_KEY" in serve_help and "RAYSYNTH_ADMIN_KEY" in serve_help
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -70,7 +71,7 @@ def test_help_explains_commands():
 def test_eval_serve_swap_errors_are_one_line_exit_2(tmp_path: Path, args, expected):
     result = cli(*(a.format(tmp=tmp_path / "run") for a in args))
     assert result.returncode == 2 and expected in result.stderr, result.stderr
-    assert not (tmp_path / "run" / "current_model.json").exists()
+    assert not (tmp_path / "run" / "models.json").exists()
 
 
 def test_partial_section_keeps_the_fields_defaults():

@@ -3,6 +3,7 @@ commits an empty stage, and the next stages do too: the run goes on, it never cr
 missing columns of an empty table. No engine starts: there is nothing to generate."""
 
 import pandas as pd
+import pytest
 
 from raysynth.config import SELF_INSTRUCT_FILTER, EngineConfig, ISheepConfig, ScorerConfig
 from raysynth.pipeline import Lineage, run_decision_stage, run_llm_stage, write_source_stage
@@ -12,7 +13,8 @@ from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import run_pair_scores
 from raysynth.steps.isheep import isheep_steps
 from raysynth.steps.judge import combine_pairwise
-from raysynth.store import RunDir
+from raysynth.status import stage_rows, stage_state
+from raysynth.store import NothingKept, RunDir
 
 LINEAGE = Lineage("test", 1, "smollm2-135m")
 
@@ -46,3 +48,25 @@ def test_helpers_take_an_empty_stage(tmp_path):
     assert best_worst(pd.DataFrame()) == []
     assert combine_pairwise(pd.DataFrame(columns=["pair_id", "order", "judge_winner"])).empty
     assert synthesis_requests(empty_source(RunDir(tmp_path)), ["subject areas", "skills"]) == []
+
+
+def test_a_stage_that_keeps_nothing_stops_the_run_unless_told_to_go_on(tmp_path):
+    """Every row of a non-empty input dropped: the stage is committed, then the run stops, naming the
+    stage, the counts and the reasons; a re-run stops again at once, and on_empty: continue goes on."""
+    source = write_source_stage(RunDir(tmp_path), 1, "answers", [{"response": "a"}, {"response": "b"}],
+                                {"rows": 2}, LINEAGE)
+
+    def drop_all(frame: pd.DataFrame):
+        return ["below_threshold"] * len(frame)
+
+    def score_filter(run: RunDir):
+        return run_decision_stage(run, 1, "score-filter", {"input": source.name}, source, drop_all, "response", LINEAGE)
+
+    expected = r"iter-01/score-filter-\w+ kept 0 of 2 rows \(dropped by reason: below_threshold: 2\)"
+    with pytest.raises(NothingKept, match=expected):
+        score_filter(RunDir(tmp_path, on_empty="stop"))
+    with pytest.raises(NothingKept, match=expected):  # committed: the re-run skips it and stops again
+        score_filter(RunDir(tmp_path, on_empty="stop"))
+    stage = score_filter(RunDir(tmp_path, on_empty="continue"))
+    assert stage.committed and stage.rows_out() == 0
+    assert [stage_state(row) for row in stage_rows(tmp_path)] == ["committed", "EMPTY"]

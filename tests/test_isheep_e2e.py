@@ -4,12 +4,16 @@ own representations) -> SFT (Total_base, so both iterations' data) -> IFEval, wi
 iteration 2 and the run resumed; then the report."""
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import assert_resume_matches_uninterrupted, kill_driver_when, partly_committed, run_raysynth
+from conftest import (assert_resume_matches_uninterrupted, kill_driver_when, partly_committed, raysynth_cmd,
+                      run_raysynth)
+from raysynth.registry import read_registry
 from raysynth.store import RunDir
 
 pytestmark = pytest.mark.slow
@@ -50,7 +54,7 @@ def isheep_run(tmp_path_factory):
     killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 2), 1500)
     assert killed_in is not None, "the run ended before a stage of iteration 2 was partly done"
     markers_at_kill = {m.name for m in (killed_in.path / "_done").glob("*.json")}
-    first_model = json.loads((run_dir / "models.json").read_text())["isheep-iter-01"]
+    first_model = read_registry(run_dir).models["isheep-iter-01"]
     result = run_raysynth("run", str(config), timeout=2400)
     return {"run_dir": run_dir, "config": config, "killed_in": killed_in, "markers_at_kill": markers_at_kill,
             "first_model": first_model, "output": result.stdout}
@@ -67,7 +71,7 @@ def test_resumed_without_loss_or_duplicates(isheep_run):
         assert len(ids) == stage.manifest()["rows_out"], stage.name
         assert stage.done_count() == len(stage.done_inputs()), stage.name  # no input committed twice
     # Iteration 1 was finished before the kill: its model is not trained again.
-    assert json.loads((run_dir / "models.json").read_text())["isheep-iter-01"] == isheep_run["first_model"]
+    assert read_registry(run_dir).models["isheep-iter-01"] == isheep_run["first_model"]
     assert "[skip]" in isheep_run["output"]
 
 
@@ -94,8 +98,8 @@ def test_each_iteration_generates_filters_assesses_trains_and_evaluates(isheep_r
     assert steps[1]["generated_by"] == steps[0]["model"]
     accumulated = pd.read_parquet(run_dir / "iter-02" / "sft-accumulated" / "sft.parquet")
     assert len(accumulated) == steps[0]["funnel"]["trained on"] + steps[1]["funnel"]["trained on"]
-    current = json.loads((run_dir / "current_model.json").read_text())
-    assert current["name"] == "isheep-iter-02" and Path(current["path"], "config.json").is_file()
+    current = read_registry(run_dir).current_entry()
+    assert current.name == "isheep-iter-02" and Path(current.path, "config.json").is_file()
     kept = pd.read_json(run_dir / "iter-01" / "sft" / "sft.jsonl", lines=True)
     assert all(m[0]["role"] == "user" and m[1]["content"] for m in kept["messages"])
     for t in (0, 1, 2):
@@ -113,3 +117,20 @@ def test_report_shows_the_funnel_histograms_and_ifeval(isheep_run):
         assert f">{stage}<" in page, stage
     assert "ifeval prompt strict" in page and page.count("<img") >= 4  # metrics, histograms, stages, loss
     assert "iteration 2 data: requests 8" in summary and "quality scores: 1:" in summary and "## Iteration 2" in summary
+
+
+def test_filters_that_drop_every_row_stop_the_run(tmp_path):
+    """An instruction filter nothing passes: the run exits 3 after that stage, naming it, the counts
+    and the command that goes on; the report shows the empty stage."""
+    config = tmp_path / "drop-all.yaml"
+    config.write_text(TINY_ISHEEP.format(run_dir=tmp_path / "run"))
+    result = subprocess.run(raysynth_cmd("run", str(config), "--set", "isheep.iterations=1", "--set",
+                                         "isheep.instructions_per_iteration=4", "--set",
+                                         "isheep.instruction_filter.min_chars=100000"),
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "RAYSYNTH_NO_PROGRESS": "1"})
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "instruction-filter" in result.stderr and "kept 0 of" in result.stderr and "too_short" in result.stderr
+    assert "--set on_empty=continue" in result.stderr and "Traceback" not in result.stderr
+    assert "EMPTY" in result.stdout  # the status table printed before the message
+    report = run_raysynth("report", str(tmp_path / "run"))
+    assert "nothing kept" in report.stdout

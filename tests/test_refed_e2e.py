@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import assert_resume_matches_uninterrupted, kill_driver_when, partly_committed, run_raysynth
+from raysynth.registry import read_registry
 from raysynth.store import RunDir
 
 pytestmark = pytest.mark.slow
@@ -105,7 +106,7 @@ def test_synthesis_improves_judges_trains_and_evaluates(refed_run):
     sft = pd.read_json(run_dir / "iter-01" / "sft" / "sft.jsonl", lines=True)
     improved = [s for s in RunDir(run_dir).stages() if s.name.startswith("improve")][0].read(["improved"])
     assert set(sft["messages"].map(lambda m: m[1]["content"])) <= set(improved["improved"])
-    assert json.loads((run_dir / "current_model.json").read_text())["name"] == "refed-iter-01"
+    assert read_registry(run_dir).current == "refed-iter-01"
     for t in (0, 1):
         strict = json.loads((run_dir / "eval" / f"iter-{t:02d}.json").read_text())["ifeval"]["prompt_strict"]
         assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 4

@@ -29,7 +29,7 @@ def uneven_source(run: RunDir):
         stage.commit_batch([r["id"] for r in rows], pd.DataFrame(rows), pd.DataFrame(),
                            {"rows_in": size, "rows_out": size, "rejected": {}, "tokens_in": 0, "tokens_out": 0})
         start += size
-    return finish_stage(stage, identity, len(ROWS))
+    return finish_stage(run, stage, identity, len(ROWS))
 
 
 def sampled(stage) -> dict[str, str]:

@@ -92,6 +92,17 @@ def test_serve_job_loads_and_fits_the_cluster():
     config = load_serve_config(REPO / "jobs" / "serve.yaml")
     assert config.num_gpus >= 1 and fits_a_node(config.num_cpus, config.num_gpus)
     assert config.max_replicas >= config.min_replicas
+    # Exposed, so guarded: keys from files copied to every node by cluster.yaml.
+    assert config.host == "0.0.0.0" and config.api_key_file and config.admin_key_file
+    assert str(config.api_key_file.parent) in CLUSTER["file_mounts"]
+
+
+def test_cluster_exposes_nothing_unauthenticated():
+    head = " ".join(CLUSTER["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert all("RAY_AUTH_MODE=token" in c for c in CLUSTER["head_start_ray_commands"] + CLUSTER["worker_start_ray_commands"]
+               if c.strip().startswith(("ray start", "RAY_AUTH_MODE")))
+    assert "~/.ray/auth_token" in CLUSTER["file_mounts"]
 
 
 def test_cluster_yaml_passes_rays_schema():

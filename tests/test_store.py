@@ -1,5 +1,7 @@
 """Stage store: atomic batches, leftovers removed on resume, identity hashes, stats."""
 
+from pathlib import Path
+
 import pandas as pd
 
 from raysynth.store import RunDir, row_id
@@ -57,3 +59,34 @@ def test_resume_filter_drops_exactly_the_committed_inputs(tmp_path):
     script = "from raysynth.store import id_hashes; print(id_hashes(['a', 'row-07']).tolist())"
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert other.strip() == str(id_hashes(["a", "row-07"]).tolist())
+
+
+def test_markers_record_their_files_and_damage_is_found(tmp_path):
+    """Each marker records its files' rows, size and checksum; a truncated file is found by size, a
+    same-size change only by the deep check; uncommitting drops exactly the damaged batch."""
+    run = RunDir(tmp_path)
+    stage = run.stage(0, "answer", {})
+    stage.prepare({})
+    for parent in ("p1", "p2"):
+        stage.commit_batch([parent], pd.DataFrame([{"id": row_id(parent, "answer", 0), "text": parent * 50}]),
+                           pd.DataFrame(), {"rows_in": 1, "rows_out": 1, "rejected": {}})
+    marker = next(stage.markers())
+    (name, recorded), = marker["files"].items()
+    assert recorded["rows"] == 1 and recorded["bytes"] == (stage.path / name).stat().st_size
+    stage.commit({})
+    assert stage.damaged() == {} and stage.damaged(deep=True) == {}
+    assert set(stage.manifest()["files"]) == {Path(f).name for f in stage.part_files()}
+
+    first, second = sorted(Path(f) for f in stage.part_files())
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes
+    second.write_bytes(bytes(data))
+    first.write_bytes(first.read_bytes()[:-10])
+    assert set(stage.damaged()) == {first.stem.removeprefix("part-")}  # sizes only
+    deep = stage.damaged(deep=True)
+    assert set(deep) == {first.stem.removeprefix("part-"), second.stem.removeprefix("part-")}
+    assert "checksum" in deep[second.stem.removeprefix("part-")]
+    assert set(stage.uncommit_damaged(deep=True)) == set(deep)
+    assert not stage.committed and list(stage.markers()) == []
+    stage.prepare({})  # the damaged files are now leftovers, removed
+    assert stage.part_files() == []

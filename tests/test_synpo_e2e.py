@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from raysynth.models import resolve_model
+from raysynth.registry import read_registry
 from raysynth.store import RunDir
 from conftest import assert_resume_matches_uninterrupted, kill_driver_when, partly_committed, run_raysynth
 
@@ -77,8 +78,8 @@ def test_the_stage_killed_in_equals_an_uninterrupted_run(tmp_path, synpo_run):
 
 def test_two_iterations_train_register_and_evaluate(synpo_run):
     run_dir = synpo_run["run_dir"]
-    current = json.loads((run_dir / "current_model.json").read_text())
-    assert current["name"] == "synpo-iter-02" and Path(current["path"], "config.json").is_file()
+    current = read_registry(run_dir).current_entry()
+    assert current.name == "synpo-iter-02" and Path(current.path, "config.json").is_file()
     trained = {p.parent.parent.name + "/" + json.loads(p.read_text())["method"]
                for p in run_dir.glob("iter-*/*/_done.json")}
     assert {"iter-00/sft", "iter-01/sft", "iter-01/simpo", "iter-02/sft", "iter-02/simpo"} <= trained

@@ -34,19 +34,6 @@ def test_preference_records_are_conversational():
     assert record["rejected"][0]["content"] == "bad"
 
 
-def test_registering_again_does_not_move_the_current_model_back(tmp_path):
-    from raysynth.train import register_model, registered_models
-
-    first, second = tmp_path / "m1", tmp_path / "m2"
-    register_model(tmp_path, "iter-01", first, 1)
-    register_model(tmp_path, "iter-02", second, 2)
-    register_model(tmp_path, "iter-01", first, 1)  # a resumed run passing iteration 1 again
-    assert json.loads((tmp_path / "current_model.json").read_text())["name"] == "iter-02"
-    assert set(registered_models(tmp_path)) == {"iter-01", "iter-02"}
-    register_model(tmp_path, "iter-01", second, 1)  # retrained: a new directory is a new registration
-    assert json.loads((tmp_path / "current_model.json").read_text())["path"] == str(second.resolve())
-
-
 def test_missing_columns_and_bad_config_are_named(tmp_path):
     data = tmp_path / "pairs.parquet"
     pd.DataFrame({"prompt": ["p"], "chosen": ["c"]}).to_parquet(data)

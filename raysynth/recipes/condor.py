@@ -22,10 +22,11 @@ from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
+from raysynth.registry import register_model
 from raysynth.steps import PACKAGE_DIR
 from raysynth.steps.condor import condor_steps
 from raysynth.store import RunDir, stable_hash
-from raysynth.train import register_model, train_model
+from raysynth.train import train_model
 
 RECIPE = "condor"
 
@@ -82,7 +83,7 @@ def tag_task_rows(tree: dict[str, Any], task_types: list[str], max_tags: int | N
 
 
 def run(cfg: CondorRun) -> dict[str, Any]:
-    run_dir = RunDir(cfg.run_dir, cfg.stop_after)
+    run_dir = RunDir(cfg.run_dir, cfg.stop_after, cfg.on_empty)
     model_dir = resolve_model(cfg.engine.model)
     lineage = Lineage(RECIPE, 0, cfg.engine.model)
     steps = condor_steps(cfg.condor)
@@ -107,10 +108,12 @@ def run(cfg: CondorRun) -> dict[str, Any]:
 
     export = export_sft(current, run_dir.iteration_dir(0) / "sft", "question", "answer",
                         extra_columns=("tag_path", "task_type", "difficulty"))
-    if cfg.train is not None:
+    if cfg.train is not None and not export["rows"]:
+        run_dir.nothing_kept(f"iteration 0: no sample was kept to train on; the model stays {cfg.engine.model}")
+    elif cfg.train is not None:
         trained = train_model(cfg.train, Path(str(export["parquet"])), cfg.engine.model, model_dir,
                               run_dir.iteration_dir(0), cfg.engine.trust_remote_code)
-        export["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1)["path"]
+        export["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1).path
     if cfg.eval is not None:
         # Iteration 0: the base model, and the diversity of the questions it synthesised;
         # iteration 1: the model trained on them, judged against the base model.

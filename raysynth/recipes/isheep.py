@@ -27,12 +27,13 @@ from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_decision_stage, run_llm_stage, write_source_stage
+from raysynth.registry import register_model
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.self_stats import data_filter_reasons, run_self_stats_stage
 from raysynth.steps import PACKAGE_DIR
 from raysynth.steps.isheep import ASPECTS, generation_requests, isheep_steps, threshold_reason
 from raysynth.store import RunDir, StageDir, stable_hash
-from raysynth.train import register_model, train_model
+from raysynth.train import train_model
 
 RECIPE = "isheep"
 SHIPPED_SEED_TASKS = PACKAGE_DIR / "data" / "isheep_seed_tasks.jsonl"
@@ -69,7 +70,7 @@ def accumulate_sft(files: list[Path], out: Path) -> Path:
 
 
 def run(cfg: ISheepRun) -> dict[str, Any]:
-    run_dir, s = RunDir(cfg.run_dir, cfg.stop_after), cfg.isheep
+    run_dir, s = RunDir(cfg.run_dir, cfg.stop_after, cfg.on_empty), cfg.isheep
     base = cfg.engine.model
     steps = isheep_steps(s)
     tasks = load_seed_tasks(s.seed_tasks)
@@ -114,7 +115,9 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
         summary["iterations"].append(step)
         run_dir.write_iteration_summary(step)
         if not export["rows"]:
-            print(f"[skip] iteration {t}: no pair was kept; the model stays {model}")
+            step["skipped"] = "no pair was kept"
+            run_dir.write_iteration_summary(step)
+            run_dir.nothing_kept(f"iteration {t}: {step['skipped']}; the model stays {model}")
             continue
         # One_base (paper): the base model on this iteration's data; One_last: the last model on it;
         # Total_base: the base model on every iteration's data so far.
@@ -124,7 +127,7 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
         start = model if s.training_setting == "one_last" else base
         trained = train_model(cfg.train, data, start, engine_for(cfg.engine, start)[1], run_dir.iteration_dir(t),
                               cfg.engine.trust_remote_code)
-        model = register_model(run_dir.path, f"{RECIPE}-iter-{t:02d}", trained, t)["path"]
+        model = register_model(run_dir.path, f"{RECIPE}-iter-{t:02d}", trained, t).path
         step["model"] = model
         run_dir.write_iteration_summary(step)
         if cfg.eval is not None:

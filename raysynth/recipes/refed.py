@@ -27,11 +27,12 @@ from raysynth.export import export_sft
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.recipes.synpo import SHIPPED_SEED, seed_rows
+from raysynth.registry import register_model
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import run_pair_scores
 from raysynth.steps.refed import refed_steps
 from raysynth.store import RunDir, StageDir, stable_hash
-from raysynth.train import register_model, train_model
+from raysynth.train import train_model
 
 RECIPE = "refed"
 FEEDBACK_COLUMNS = ("subject_areas", "skills", "strengths", "improvements")
@@ -71,7 +72,7 @@ def json_rates(stage: StageDir, label: str) -> dict[str, float]:
 
 
 def run(cfg: RefedRun) -> dict[str, Any]:
-    run_dir, r = RunDir(cfg.run_dir, cfg.stop_after), cfg.refed
+    run_dir, r = RunDir(cfg.run_dir, cfg.stop_after, cfg.on_empty), cfg.refed
     start, (engine, model_dir) = cfg.engine.model, engine_for(cfg.engine, cfg.engine.model)
     steps = refed_steps(r)
 
@@ -117,12 +118,16 @@ def run(cfg: RefedRun) -> dict[str, Any]:
     export = export_sft(final, run_dir.iteration_dir(1) / "sft", "instruction", response_column,
                         extra_columns=("ref_prompt",))
     step: dict[str, Any] = {"iteration": 1, "funnel": funnel | {"trained on": export["rows"]}, "rates": rates}
+    if cfg.train is not None and not export["rows"]:
+        step["skipped"] = "no sample was kept to train on"
+        run_dir.write_iteration_summary(step)
+        run_dir.nothing_kept(f"iteration 1: {step['skipped']}; the model stays {start}")
     run_dir.write_iteration_summary(step)
     summary = {**export, "iterations": [step]}
     if cfg.train is not None and export["rows"]:
         trained = train_model(cfg.train, Path(str(export["parquet"])), start, model_dir, run_dir.iteration_dir(1),
                               cfg.engine.trust_remote_code)
-        step["model"] = summary["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1)["path"]
+        step["model"] = summary["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1).path
         run_dir.write_iteration_summary(step)
         if cfg.eval is not None:
             texts = [str(i) for i in instructions.read(["instruction"])["instruction"]]

@@ -31,12 +31,13 @@ from raysynth.export import export_preferences, export_sft, select_pairs
 from raysynth.keywords import candidates, run_keyword_pool, run_keyword_sample
 from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, finish_stage, open_stage, run_llm_stage, write_source_stage
+from raysynth.registry import register_model
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import filter_and_commit, run_pair_scores
 from raysynth.steps import PACKAGE_DIR
 from raysynth.steps.synpo import generator_keywords, generator_message, improver_message, synpo_steps, templates
 from raysynth.store import RunDir, StageDir, atomic_write_parquet, stable_hash
-from raysynth.train import register_model, train_model
+from raysynth.train import train_model
 
 RECIPE = "synpo"
 SHIPPED_SEED = PACKAGE_DIR / "data" / "synpo_seed_alpaca.jsonl"
@@ -94,7 +95,7 @@ def best_worst(scored: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def run(cfg: SynpoRun) -> dict[str, Any]:
-    run_dir, s = RunDir(cfg.run_dir, cfg.stop_after), cfg.synpo
+    run_dir, s = RunDir(cfg.run_dir, cfg.stop_after, cfg.on_empty), cfg.synpo
     initial, initial_dir = cfg.engine.model, resolve_model(cfg.engine.model)
     steps, text = synpo_steps(s), templates()
     judge_engine, judge_dir = engine_for(cfg.engine, s.judge_model or initial)
@@ -135,8 +136,9 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
                                       user_text=lambda row: improver_message(str(row["prompt"]), str(row["response"]),
                                                                              text["improve"]))
             if not improver_sft["rows"]:
-                print(f"[skip] iteration {t}: the scorer passed no seed rows to train the improver on; "
-                      f"the policy stays {policy}")
+                step["skipped"] = "the scorer passed no seed rows to train the improver on"
+                run_dir.write_iteration_summary(step)
+                run_dir.nothing_kept(f"iteration {t}: {step['skipped']}; the policy stays {policy}")
                 continue
             improver = str(train_model(s.improver_train, Path(str(improver_sft["parquet"])), initial, initial_dir,
                                        run_dir.iteration_dir(t), cfg.engine.trust_remote_code))
@@ -154,12 +156,14 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         step["funnel"]["preference pairs accumulated"] = data["rows"]
         run_dir.write_iteration_summary(step)
         if not data["rows"]:
-            print(f"[skip] iteration {t}: no preference pairs were kept; the policy stays {policy}")
+            step["skipped"] = "no preference pairs were kept"
+            run_dir.write_iteration_summary(step)
+            run_dir.nothing_kept(f"iteration {t}: {step['skipped']}; the policy stays {policy}")
             continue
         # SimPO of the initial model on all synthetic pairs so far (the paper retrains M_0 each time).
         model = train_model(cfg.train, Path(data["parquet"]), initial, initial_dir, run_dir.iteration_dir(t),
                             cfg.engine.trust_remote_code)
-        policy = register_model(run_dir.path, f"{RECIPE}-iter-{t:02d}", model, t)["path"]
+        policy = register_model(run_dir.path, f"{RECIPE}-iter-{t:02d}", model, t).path
         step["model"] = policy
         run_dir.write_iteration_summary(step)
         if cfg.eval is not None:
@@ -206,5 +210,5 @@ def ranked_pairs(run_dir: RunDir, t: int, prompts: StageDir, cfg: SynpoRun, poli
         frame["id"] = frame["prompt_id"]
         filter_and_commit(frame, "pairs", str(stage.path), lineage, cfg.synpo.scorer.threshold,
                           cfg.synpo.scorer.max_repetition, "chosen")
-        finish_stage(stage, identity, len(frame))
+        finish_stage(run_dir, stage, identity, len(frame))
     return stage

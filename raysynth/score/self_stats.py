@@ -14,6 +14,7 @@ import pandas as pd
 import ray
 
 from raysynth.config import DataFilterConfig
+from raysynth.faults import ACTOR_POOL_RETRIES
 from raysynth.pipeline import Lineage, commit_decisions, release_engines, run_stage
 from raysynth.store import RunDir, StageDir, stable_hash
 
@@ -111,7 +112,7 @@ def run_self_stats_stage(run: RunDir, iteration: int, name: str, source: StageDi
         release_engines()  # the model's HF actors need the CPUs / GPUs the kept engines hold
         ds = ds.map_batches(SelfStatsActor, batch_format="pandas", batch_size=cfg.batch_size,
                             compute=ray.data.ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]),
-                            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **ACTOR_POOL_RETRIES,
                             fn_constructor_kwargs={"model_dir": model_dir, "cfg": cfg,
                                                    "trust_remote_code": trust_remote_code})
         return ds.map_batches(commit_stats, batch_format="pandas", batch_size=None, num_cpus=0.25,

@@ -10,6 +10,7 @@ import pandas as pd
 import ray
 
 from raysynth.config import EngineConfig, ScorerConfig
+from raysynth.faults import ACTOR_POOL_RETRIES, MachineryFailure
 from raysynth.pipeline import (Lineage, commit_decisions, finish_stage, open_stage, release_engines, run_llm_stage,
                                run_stage, write_source_stage)
 from raysynth.score.filters import gap_reason, repetition_reason
@@ -51,12 +52,15 @@ class ScoreActor:
         score_a, score_b, errors = [float("nan")] * n, [float("nan")] * n, [""] * n
         try:
             score_a, score_b = self._score(prompt, a, b)
-        except Exception:  # one bad row must not fail the batch: score rows one by one
+        except Exception as first:  # one bad row must not fail the batch: score rows one by one
             for i in range(n):
                 try:
                     (score_a[i],), (score_b[i],) = self._score([prompt[i]], [a[i]], [b[i]])
                 except Exception as exc:
                     errors[i] = f"score_error: {type(exc).__name__}: {exc}"
+            if n > 1 and all(errors):  # the scorer, not the rows: redo the batch (faults.py)
+                raise MachineryFailure(f"the scorer failed every row of a batch of {n}: "
+                                       f"{type(first).__name__}: {first}"[:500]) from first
         batch = batch.copy()
         batch["score_a"], batch["score_b"], batch["score_error"] = score_a, score_b, errors
         batch["score_gap"] = batch["score_a"] - batch["score_b"]
@@ -89,7 +93,7 @@ def run_score_stage(run: RunDir, iteration: int, name: str, source: StageDir, sc
         ds = ds.map_batches(ScoreActor, batch_format="pandas", batch_size=scorer.batch_size,
                             compute=ray.data.ActorPoolStrategy(min_size=scorer.concurrency[0],
                                                                max_size=scorer.concurrency[1]),
-                            num_cpus=scorer.num_cpus, num_gpus=scorer.num_gpus,
+                            num_cpus=scorer.num_cpus, num_gpus=scorer.num_gpus, **ACTOR_POOL_RETRIES,
                             fn_constructor_kwargs={"scorer": scorer, "columns": columns})
         return ds.map_batches(filter_and_commit, batch_format="pandas", batch_size=None, num_cpus=0.25,
                               fn_kwargs={"name": name, "stage_dir": str(stage.path), "lineage": lineage,
@@ -136,4 +140,4 @@ def run_pair_scores(run: RunDir, iteration: int, name: str, source: StageDir, sc
         frame["score_gap"] = frame["score_a"] - frame["score_b"]
         frame["score_error"] = outcome.map(lambda w: "" if w in JUDGE_SCORE else "judge verdict missing in an order")
     filter_and_commit(frame, name, str(stage.path), lineage, scorer.threshold, scorer.max_repetition, a)
-    return finish_stage(stage, identity, len(rows))
+    return finish_stage(run, stage, identity, len(rows))

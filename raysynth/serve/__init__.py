@@ -1,43 +1,52 @@
 """`raysynth serve`: start the OpenAI-compatible Ray Serve app (serve/app.py) for a run.
 
-The run's `current_model.json` is the single pointer: recipes move it when they register an
-iteration, `raysynth swap` and `POST /admin/swap` move it by hand, and every replica follows it.
+The run's model registry (`models.json`, raysynth/registry.py) is the single source: recipes register
+each iteration and make it current, `raysynth swap` and `POST /admin/swap` make a registered model
+current, and every replica follows it. Only the driver registers directories (`raysynth models add`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
-from typing import Any
 
-from raysynth.config import ServeConfig
+from raysynth.config import ConfigError, ServeConfig
 from raysynth.models import EMBEDDED_MODEL, resolve_model
-from raysynth.train import register_model, registered_models
+from raysynth.registry import ModelEntry, make_current, read_registry, register_model
+from raysynth.serve.keys import is_loopback, read_key, where_keys_go
 
 APP_NAME = "raysynth"
 
 
-def point_run_at(run_dir: Path, model: str, name: str | None = None) -> dict[str, Any]:
-    """Make `model` (a name registered in the run, a model directory, the embedded model or a hub id)
-    the run's current model, under `name`; returns the pointer entry."""
-    models = registered_models(run_dir)
-    if model in models:
-        entry = models[model]
-        return register_model(run_dir, name or entry["name"], Path(entry["path"]), entry["iteration"])
+def add_model(run_dir: Path, model: str, name: str | None = None, current: bool = False) -> ModelEntry:
+    """Register a model directory, the embedded model or a hub id in the run under `name`
+    (default: the embedded model's name, else the directory name)."""
     path = resolve_model(model)
     default_name = model if model == EMBEDDED_MODEL or not Path(model).exists() else Path(path).name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return register_model(run_dir, name or default_name, Path(path), 0)
+    entry = register_model(run_dir, name or default_name, Path(path), 0, make_current=current)
+    return make_current(run_dir, entry.name) if current else entry  # already registered: still made current
 
 
-def initial_pointer(cfg: ServeConfig) -> dict[str, Any]:
-    """What the server starts with: `model` if given, else the run's current model, else the embedded one."""
-    pointer = cfg.run_dir / "current_model.json"
-    if cfg.model is None and pointer.is_file():
-        return json.loads(pointer.read_text())
-    return point_run_at(cfg.run_dir, cfg.model or EMBEDDED_MODEL, cfg.model_name)
+def initial_model(cfg: ServeConfig) -> ModelEntry:
+    """What the server starts with: `model` if given (registered and made current), else the run's
+    current model, else the embedded one."""
+    if cfg.model is not None:
+        registered = read_registry(cfg.run_dir).models.get(cfg.model)
+        if registered is None:
+            return add_model(cfg.run_dir, cfg.model, cfg.model_name, current=True)
+        if cfg.model_name not in (None, cfg.model):  # a registered model served under another name
+            register_model(cfg.run_dir, cfg.model_name, Path(registered.path), registered.iteration)
+        return make_current(cfg.run_dir, cfg.model_name or cfg.model)
+    current = read_registry(cfg.run_dir).current_entry()
+    return current or add_model(cfg.run_dir, EMBEDDED_MODEL, cfg.model_name, current=True)
+
+
+def check_exposure(cfg: ServeConfig) -> None:
+    """Refuse to bind a non-loopback address without an inference key."""
+    if not is_loopback(cfg.host) and not read_key(cfg.api_key_env, cfg.api_key_file):
+        raise ConfigError(f"serve: host {cfg.host!r} is reachable from other machines and no API key is set: "
+                          f"{where_keys_go(cfg.api_key_env, cfg.api_key_file, 'api')}; "
+                          "or bind 127.0.0.1 (--host 127.0.0.1)")
 
 
 def start_server(cfg: ServeConfig) -> str:
@@ -46,19 +55,15 @@ def start_server(cfg: ServeConfig) -> str:
 
     from raysynth.serve.app import ModelServer
 
-    initial_pointer(cfg)
-    actor_options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
-    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    if key:  # replicas may run on other nodes: hand them the key the driver was started with
-        actor_options["runtime_env"] = {"env_vars": {cfg.api_key_env: key}}
+    check_exposure(cfg)
+    initial_model(cfg)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     deployment = ModelServer.options(
         autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                             "target_ongoing_requests": cfg.target_ongoing_requests},
         max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options=actor_options,
-        # Model load takes tens of seconds on CPU; health checks must allow for it.
-        health_check_timeout_s=120,
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        health_check_period_s=cfg.health_check_period_s, health_check_timeout_s=cfg.health_check_timeout_s,
     )
     serve.run(deployment.bind(cfg, str(cfg.run_dir.resolve())), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}"

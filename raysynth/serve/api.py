@@ -51,8 +51,7 @@ class CompletionRequest(Sampling):
 
 class SwapRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="a model registered in the run, a model directory or a hub id")
-    name: str | None = Field(None, description="model id to serve it under; None: its registered name or dir name")
+    model: str = Field(description="a model registered in the run (raysynth models list)")
 
 
 def error_body(message: str, kind: str, code: int) -> dict[str, Any]:

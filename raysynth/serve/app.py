@@ -1,37 +1,45 @@
 """The Ray Serve deployment: an OpenAI-compatible API over vLLM that follows a run's current model.
 
 Routes: GET /v1/models, POST /v1/chat/completions and /v1/completions (both with `stream: true` as
-server-sent events), GET /health, POST /admin/swap, GET /admin/status.
+server-sent events), GET /health; admin, behind its own key: POST /admin/swap, GET /admin/status.
 
 Hot swap without failed requests: a replica keeps one *slot* per loaded model (name, engine, requests
-in flight). A background task polls the run's current_model.json; when it names a new checkpoint, the
-replica loads it beside the current one (requests keep flowing to the old engine meanwhile), points new
-requests at it, and shuts the old engine down only once its last in-flight request has finished
-(or keeps it addressable by name, `keep_previous`). Requests for the alias (`current`) always get the
-newest model, and every response names the model that produced it.
+in flight). A background task polls the run's registry (models.json); when its current model changes,
+the replica loads the new one beside the current one and runs one test generation (requests keep
+flowing to the old engine meanwhile), points new requests at it, and shuts the old engine down only
+once its last in-flight request has finished (or keeps it addressable by name, `keep_previous`). A
+model that fails to load or to generate is refused: the old one keeps serving and /admin/status names
+the failure. A replica starting on a registry whose current model is broken serves the most recent
+earlier current model that loads, so a bad pointer never makes replicas crash-loop. Requests for the
+alias (`current`) always get the newest model, and every response names the model that produced it.
+
+Self-healing: Serve calls `check_health`, which asks the current engine; a replica whose engine died
+fails it and is replaced (3 failed checks, `health_check_period_s` apart). Requests caught in it get
+a 503 at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
-import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from ray import serve
 
 from raysynth.config import ServeConfig
+from raysynth.registry import ModelEntry, read_registry
 from raysynth.serve import api
+from raysynth.serve.keys import bearer_matches, is_loopback, read_key, where_keys_go
 
 log = logging.getLogger(__name__)
-POINTER = "current_model.json"
+SMOKE_TIMEOUT_S = 120
+RETIRE_WAIT_S = 600  # a stream whose client left before it started is never counted out: stop waiting
 
 app = FastAPI(title="raysynth", description="OpenAI-compatible API for the current iteration's model")
 
@@ -47,12 +55,8 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(api.error_body(exc.message, exc.kind, exc.status), status_code=exc.status)
 
 
-@app.exception_handler(RequestValidationError)
-async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # OpenAI answers 400 (not FastAPI's 422) for a malformed body, a bad role or a bad value.
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-                         for e in exc.errors())
-    return JSONResponse(api.error_body(problems, "invalid_request_error", 400), status_code=400)
+class SwapRefused(Exception):
+    """A model that did not load or did not pass its test generation; the old model keeps serving."""
 
 
 @dataclass
@@ -64,11 +68,25 @@ class Slot:
     in_flight: int = 0
 
 
-def read_pointer(path: Path) -> dict[str, Any] | None:
+def read_current(run_dir: Path) -> ModelEntry | None:
     try:
-        return json.loads(path.read_text())
+        return read_registry(run_dir).current_entry()
     except (OSError, ValueError):
-        return None  # absent, or caught mid-replace on storage without atomic rename
+        return None  # caught mid-replace on storage without atomic rename: the next poll sees it
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    # OpenAI answers 400 (not FastAPI's 422) for a malformed body, a bad role or a bad value.
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise ApiError(400, problems, "invalid_request_error") from None
+
+
+def short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 @serve.deployment
@@ -76,64 +94,145 @@ def read_pointer(path: Path) -> dict[str, Any] | None:
 class ModelServer:
     async def __init__(self, cfg: ServeConfig, run_dir: str):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
-        target = read_pointer(self.run_dir / POINTER)
-        if target is None:
-            raise RuntimeError(f"{self.run_dir / POINTER}: no current model to serve")
-        self.current = await self._load(target)
+        self.api_key = read_key(cfg.api_key_env, cfg.api_key_file)
+        self.exposed = not is_loopback(cfg.host)
+        self.failures: dict[str, dict[str, Any]] = {}  # model name -> what failed to load, and why
+        self.switching = asyncio.Lock()
+        registry = read_registry(self.run_dir)
+        first = registry.current_entry()
+        if first is None:
+            raise RuntimeError(f"{self.run_dir}/models.json: no current model to serve")
+        self.pointer = (first.name, first.path, first.registered_at)
+        for entry in [first, *registry.fallbacks()]:
+            try:
+                self.current = await self._load(entry)
+                break
+            except Exception as exc:
+                self._failed(entry, exc if isinstance(exc, SwapRefused) else SwapRefused(short(exc)))
+        else:
+            raise RuntimeError(f"no model registered in {self.run_dir} loads: {self.failures}")
         self.slots: dict[str, Slot] = {self.current.name: self.current}
-        self.failed_path: str | None = None
         self.follower = asyncio.get_running_loop().create_task(self._follow())
 
-    async def _load(self, target: dict[str, Any]) -> Slot:
-        from raysynth.engine import start_async_engine
+    async def _load(self, entry: ModelEntry) -> Slot:
+        """Load beside whatever serves now, and generate once; SwapRefused if either fails."""
+        from raysynth.engine import smoke_generate, start_async_engine
+        from raysynth.models import check_checkpoint
 
-        engine = await asyncio.to_thread(start_async_engine, self.cfg.engine, target["path"])
-        return Slot(target["name"], target["path"], engine, engine.get_tokenizer())
+        try:
+            await asyncio.to_thread(check_checkpoint, entry.path)
+            engine = await asyncio.to_thread(start_async_engine, self.cfg.engine, entry.path)
+        except Exception as exc:
+            raise SwapRefused(f"{entry.name} does not load: {short(exc)}") from exc
+        try:
+            tokenizer = engine.get_tokenizer()
+            await asyncio.wait_for(smoke_generate(engine, tokenizer), SMOKE_TIMEOUT_S)
+        except Exception as exc:
+            await asyncio.to_thread(engine.shutdown)
+            raise SwapRefused(f"{entry.name} loaded but its test generation failed: {short(exc)}") from exc
+        return Slot(entry.name, entry.path, engine, tokenizer)
+
+    def _failed(self, entry: ModelEntry, exc: SwapRefused) -> None:
+        log.error("%s", exc)
+        self.failures[entry.name] = {"path": entry.path, "registered_at": entry.registered_at, "error": str(exc),
+                                     "at": time.time()}
+
+    def _wants(self, entry: ModelEntry) -> bool:
+        """A switch to `entry` is due: it is not what serves now, and it has not already failed as is."""
+        failed = self.failures.get(entry.name, {})
+        return ((entry.name, entry.path) != (self.current.name, self.current.path)
+                and (failed.get("path"), failed.get("registered_at")) != (entry.path, entry.registered_at))
 
     async def _follow(self) -> None:
         while True:
-            target = read_pointer(self.run_dir / POINTER)
-            if target and target["path"] not in (self.current.path, self.failed_path):
-                try:
-                    await self._switch(target)
-                except Exception:  # a checkpoint that does not load must not take the server down
-                    log.exception("could not load %s; still serving %s", target["path"], self.current.name)
-                    self.failed_path = target["path"]
+            async with self.switching:  # read under the lock: an admin swap writes the registry inside it
+                entry = await asyncio.to_thread(read_current, self.run_dir)
+                pointer = entry and (entry.name, entry.path, entry.registered_at)
+                if pointer != self.pointer:  # the registry moved: a model that failed here gets another try
+                    self.pointer = pointer
+                    if entry:
+                        self.failures.pop(entry.name, None)
+                if entry and self._wants(entry):
+                    try:
+                        await self._switch(entry)
+                    except SwapRefused as exc:
+                        self._failed(entry, exc)
+                    except Exception as exc:  # the follower must outlive anything one switch meets
+                        self._failed(entry, SwapRefused(f"switching to {entry.name} failed: {short(exc)}"))
             await asyncio.sleep(self.cfg.poll_s)
 
-    async def _switch(self, target: dict[str, Any]) -> None:
-        new = await self._load(target)
+    async def _switch(self, entry: ModelEntry) -> None:
+        """Serve `entry` from now on: a model still loaded under that name and path is reused (a
+        rollback within keep_previous); a same-name slot on another path, and the oldest models
+        beyond keep_previous, are retired once idle."""
+        kept = self.slots.get(entry.name)
+        new = kept if kept and kept.path == entry.path else await self._load(entry)
         old, self.current = self.current, new
+        self.slots.pop(new.name, None)
+        others = list(self.slots.values())  # oldest first
         self.slots[new.name] = new
-        kept = [s for s in self.slots.values() if s is not new]
-        retire = kept[: max(0, len(kept) - self.cfg.keep_previous)]  # oldest first
+        retire = ([kept] if kept and kept is not new else []) + others[: max(0, len(others) - self.cfg.keep_previous)]
         for slot in retire:
             if self.slots.get(slot.name) is slot:
                 del self.slots[slot.name]
             asyncio.get_running_loop().create_task(self._retire(slot))
+        self.failures.pop(entry.name, None)
         log.info("now serving %s (was %s)", new.name, old.name)
 
     async def _retire(self, slot: Slot) -> None:
-        while slot.in_flight:
+        waited = 0.0
+        while slot.in_flight and waited < RETIRE_WAIT_S:
             await asyncio.sleep(0.1)
+            waited += 0.1
         await asyncio.to_thread(slot.engine.shutdown)
+
+    async def check_health(self) -> None:
+        """Serve's health check: raises when the current engine is dead, so Serve replaces this replica."""
+        await self.current.engine.check_health()
 
     # --- request plumbing ---------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> None:
-        if not self.api_key:
-            return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        if self.api_key:
+            if not bearer_matches(request.headers.get("authorization", ""), self.api_key):
+                raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        elif self.exposed:  # the driver refuses this; a node without the key must fail closed too
+            raise ApiError(401, f"this server listens on {self.cfg.host} but this node has no API key: "
+                           f"{where_keys_go(self.cfg.api_key_env, self.cfg.api_key_file, 'api')}",
+                           "authentication_error")
 
-    def _slot(self, model: str) -> Slot:
+    def _authorize_admin(self, request: Request) -> None:
+        key = read_key(self.cfg.admin_key_env, self.cfg.admin_key_file)  # read each time: rotatable
+        if not key:
+            raise ApiError(403, "admin routes are off: no admin key is configured; to turn them on, "
+                           f"{where_keys_go(self.cfg.admin_key_env, self.cfg.admin_key_file, 'admin')}",
+                           "permission_error")
+        if not bearer_matches(request.headers.get("authorization", ""), key):
+            raise ApiError(401, "missing or wrong admin key (Authorization: Bearer ...)", "authentication_error")
+
+    async def _body(self, request: Request, model: type[BaseModel]) -> Any:
+        limit = self.cfg.max_body_bytes
+        too_big = ApiError(413, f"request body is over this server's limit of {limit} bytes", "invalid_request_error")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise too_big
+        return parse_body(model, bytes(raw))
+
+    def _take(self, model: str) -> Slot:
+        """The slot serving `model`, counted in flight at once so it cannot be retired under the request."""
         if model == self.cfg.current_alias:
-            return self.current
-        if model in self.slots:
-            return self.slots[model]
-        raise ApiError(404, f"model {model!r} is not served here; see /v1/models", "not_found_error")
+            slot = self.current
+        elif model in self.slots:
+            slot = self.slots[model]
+        else:
+            raise ApiError(404, f"model {model!r} is not served here; see /v1/models", "not_found_error")
+        slot.in_flight += 1
+        return slot
 
     def _check(self, body: api.ChatRequest | api.CompletionRequest, ids: list[int]) -> int:
         budget = body.token_budget(self.cfg.max_tokens_limit)
@@ -149,23 +248,49 @@ class ModelServer:
                            f"length {self.cfg.engine.max_model_len}", "invalid_request_error")
         return budget
 
-    async def _respond(self, slot: Slot, body, ids: list[int], chat: bool):
-        from raysynth.engine import request_params, token_prompt
+    def _unavailable(self, slot: Slot, exc: Exception) -> ApiError | None:
+        if slot.engine.errored:
+            return ApiError(503, f"the engine serving {slot.name} died ({short(exc)}); this replica is being "
+                            "replaced: retry shortly", "service_unavailable")
+        return None
 
-        budget = self._check(body, ids)
-        params = request_params(body.temperature, body.top_p, budget, body.n, body.stops(), body.stream,
-                                body.min_tokens)
-        request_id = api.new_id("chatcmpl" if chat else "cmpl")
-        outputs = slot.engine.generate(token_prompt(ids), params, request_id)
-        slot.in_flight += 1
-        if body.stream:
-            return StreamingResponse(self._stream(slot, outputs, request_id, chat), media_type="text/event-stream")
+    async def _answer(self, request: Request, body_model: type[BaseModel], chat: bool):
+        """Authorize, read and check the request, and generate; the slot stays in flight until the
+        answer (or the stream) ends."""
+        from raysynth.engine import chat_token_ids, request_params, token_prompt
+
+        self._authorize(request)
+        body = await self._body(request, body_model)
+        slot = self._take(body.model)
+        streaming = False
         try:
+            if chat:
+                messages = [m.model_dump() for m in body.messages]
+                ids = await asyncio.to_thread(chat_token_ids, slot.tokenizer, messages)
+            else:
+                prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+                if len(prompts) != 1:
+                    raise ApiError(400, "send one prompt per request", "invalid_request_error")
+                ids = await asyncio.to_thread(slot.tokenizer.encode, prompts[0])
+            budget = self._check(body, ids)
+            if slot.engine.errored:
+                raise self._unavailable(slot, RuntimeError("engine is dead"))
+            params = request_params(body.temperature, body.top_p, budget, body.n, body.stops(), body.stream,
+                                    body.min_tokens)
+            request_id = api.new_id("chatcmpl" if chat else "cmpl")
+            outputs = slot.engine.generate(token_prompt(ids), params, request_id)
+            if body.stream:
+                streaming = True
+                return StreamingResponse(self._stream(slot, outputs, request_id, chat), media_type="text/event-stream")
             final = None
-            async for final in outputs:
-                pass
+            try:
+                async for final in outputs:
+                    pass
+            except Exception as exc:
+                raise self._unavailable(slot, exc) or exc
         finally:
-            slot.in_flight -= 1
+            if not streaming:
+                slot.in_flight -= 1
         texts = [o.text for o in final.outputs]
         finishes = [str(o.finish_reason) for o in final.outputs]
         completion_tokens = sum(len(o.token_ids) for o in final.outputs)
@@ -184,6 +309,9 @@ class ModelServer:
                                  else api.completion_chunk(request_id, slot.name, o.index, o.text, finish))
                         yield api.sse(chunk)
             yield api.SSE_DONE
+        except Exception as exc:  # the status line is sent: an error event, as OpenAI streams them
+            error = self._unavailable(slot, exc) or ApiError(500, short(exc), "server_error")
+            yield api.sse(api.error_body(error.message, error.kind, error.status))
         finally:
             slot.in_flight -= 1
 
@@ -191,48 +319,56 @@ class ModelServer:
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:
-        await self.current.engine.check_health()
+        try:
+            await self.check_health()
+        except Exception as exc:
+            raise ApiError(503, f"engine unavailable: {short(exc)}", "service_unavailable") from None
         return {"status": "ok", "model": self.current.name}
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
         order = [self.current] + [s for s in self.slots.values() if s is not self.current]
-        return {"object": "list", "data": [{"id": s.name, "object": "model", "owned_by": "raysynth", "root": s.path}
-                                           for s in order]}
+        return {"object": "list", "data": [{"id": s.name, "object": "model", "owned_by": "raysynth"} for s in order]}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request, body: api.ChatRequest):
-        from raysynth.engine import chat_token_ids
-
-        self._authorize(request)
-        slot = self._slot(body.model)
-        ids = chat_token_ids(slot.tokenizer, [m.model_dump() for m in body.messages])
-        return await self._respond(slot, body, ids, chat=True)
+    async def chat_completions(self, request: Request):
+        return await self._answer(request, api.ChatRequest, chat=True)
 
     @app.post("/v1/completions")
-    async def completions(self, request: Request, body: api.CompletionRequest):
-        self._authorize(request)
-        slot = self._slot(body.model)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise ApiError(400, "send one prompt per request", "invalid_request_error")
-        return await self._respond(slot, body, slot.tokenizer.encode(prompts[0]), chat=False)
+    async def completions(self, request: Request):
+        return await self._answer(request, api.CompletionRequest, chat=False)
 
-    @app.post("/admin/swap", status_code=202)
-    async def swap(self, request: Request, body: api.SwapRequest) -> dict[str, str]:
-        """Point the run at a checkpoint; every replica follows within `poll_s` seconds."""
-        from raysynth.serve import point_run_at
+    @app.post("/admin/swap")
+    async def swap(self, request: Request) -> dict[str, Any]:
+        """Serve a registered model: this replica loads it and generates once, then the registry points
+        at it and the other replicas follow within `poll_s`. 400: not registered; 422: it did not load
+        or generate (the old model keeps serving)."""
+        from raysynth.registry import make_current
 
-        self._authorize(request)
-        try:
-            entry = await asyncio.to_thread(point_run_at, self.run_dir, body.model, body.name)
-        except Exception as exc:
-            raise ApiError(400, f"cannot serve {body.model!r}: {exc}", "invalid_request_error") from None
-        return {"switching_to": entry["name"], "path": entry["path"]}
+        self._authorize_admin(request)
+        body = await self._body(request, api.SwapRequest)
+        entry = (await asyncio.to_thread(read_registry, self.run_dir)).models.get(body.model)
+        if entry is None:
+            raise ApiError(400, f"{body.model!r} is not a model registered in the run; register a directory on "
+                           "the driver with `raysynth models add DIR --name NAME --run-dir RUN_DIR`",
+                           "invalid_request_error")
+        async with self.switching:
+            if (entry.name, entry.path) != (self.current.name, self.current.path):
+                try:
+                    await self._switch(entry)
+                except Exception as exc:
+                    refused = exc if isinstance(exc, SwapRefused) else SwapRefused(short(exc))
+                    self._failed(entry, refused)
+                    raise ApiError(422, f"swap refused: {refused}; still serving {self.current.name}",
+                                   "swap_refused") from None
+            await asyncio.to_thread(make_current, self.run_dir, entry.name)
+        return {"current": entry.name, "iteration": entry.iteration}
 
     @app.get("/admin/status")
     async def status(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
-        return {"current": self.current.name, "loaded": {s.name: {"path": s.path, "in_flight": s.in_flight}
-                                                         for s in self.slots.values()}}
+        self._authorize_admin(request)
+        pointer = await asyncio.to_thread(read_current, self.run_dir)
+        return {"current": self.current.name, "registry_current": pointer.name if pointer else None,
+                "loaded": {s.name: {"path": s.path, "in_flight": s.in_flight} for s in self.slots.values()},
+                "failures": self.failures}

@@ -1,7 +1,7 @@
 """Ray Train fine-tuning: TRL SFT / SimPO / DPO on many workers, checkpointed and resumable.
 
   train_model(...)  -> <parent>/<method>-<hash>/model   (LoRA merged: vLLM and the server load it)
-  register_model(...) points the run's current model at it.
+  raysynth.registry.register_model(...) makes it the run's current model.
 
 A training run's directory holds Ray Train's checkpoints (`ray-train/`), so re-running after a
 driver failure resumes from the latest one, and a worker failure restarts the worker group from
@@ -17,7 +17,6 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
@@ -27,8 +26,6 @@ from raysynth.train.data import check_columns, data_files
 from raysynth.train.worker import METRICS_FILE, PROGRESS_FILE, train_loop_per_worker
 
 DONE_FILE = "_done.json"
-CURRENT_MODEL = "current_model.json"
-MODELS = "models.json"
 
 
 def data_fingerprint(path: Path) -> list[tuple[str, int]]:
@@ -149,24 +146,3 @@ def merge_checkpoint(hf_checkpoint: Path, base_model_dir: str, out: Path, lora: 
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-
-
-def registered_models(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The run's model registry (models.json): name -> {name, path, iteration, registered_at}."""
-    path = Path(run_dir) / MODELS
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def register_model(run_dir: Path, name: str, model_dir: Path, iteration: int) -> dict[str, Any]:
-    """Point the run's current model at `model_dir` (the server follows this file). Registering the
-    same name and directory again (a resumed run passing an iteration it had finished) changes nothing,
-    so a running server is not sent back to an older model."""
-    path = str(Path(model_dir).resolve())
-    models = registered_models(run_dir)
-    if models.get(name, {}).get("path") == path and (run_dir / CURRENT_MODEL).is_file():
-        return models[name]
-    entry = {"name": name, "path": path, "iteration": iteration, "registered_at": time.time()}
-    models[name] = entry
-    atomic_write_json(run_dir / MODELS, models)
-    atomic_write_json(run_dir / CURRENT_MODEL, entry)
-    return entry

@@ -1,0 +1,103 @@
+"""Machinery failures on the real engine: an engine actor and a reward-model actor killed (SIGKILL) in
+the middle of their stage. The actor is restarted, the batch it held is redone, and the stage commits
+exactly what an uninterrupted run of the same seed commits: no row rejected for the failure, none lost."""
+
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from conftest import kept_and_rejected
+from raysynth.config import EngineConfig, SamplingConfig, ScorerConfig
+from raysynth.models import resolve_model
+from raysynth.pipeline import Lineage, release_engines, run_llm_stage, write_source_stage
+from raysynth.score.stage import run_score_stage
+from raysynth.steps.eval import respond_step
+from raysynth.store import RunDir
+from tiny_models import build_tiny_reward_model
+
+pytestmark = pytest.mark.slow
+
+LINEAGE = Lineage("test", 1, "smollm2-135m")
+# Reasons a row may be rejected for: its own (parse, length). A failure of the machinery is none of them.
+MACHINERY = ("engine", "generation_error", "actor", "score_error", "endpoint")
+
+
+class KillAtFirstCommit(threading.Thread):
+    """Watches `run`'s stage `prefix-*`; when its first batch is committed, SIGKILLs every process whose
+    command line holds `process_marker` (the actor) and notes how many batches were committed then."""
+
+    def __init__(self, run: RunDir, prefix: str, process_marker: str):
+        super().__init__(daemon=True)
+        self.run_dir, self.prefix, self.marker = run, prefix, process_marker
+        self.killed: list[int] = []
+        self.committed_at_kill = 0
+
+    def run(self) -> None:
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            markers = list(self.run_dir.path.glob(f"iter-*/{self.prefix}-*/_done/*.json"))
+            if markers:
+                self.committed_at_kill = len(markers)
+                for process in psutil.process_iter(["cmdline"]):
+                    if self.marker in " ".join(process.info["cmdline"] or []):
+                        process.kill()
+                        self.killed.append(process.pid)
+                return
+            time.sleep(0.02)
+
+
+def assert_same_commit(stage, reference) -> None:
+    for ours, theirs in zip(kept_and_rejected(stage.path), kept_and_rejected(reference.path)):
+        assert list(ours["id"]) == list(theirs["id"]), stage.name
+        pd.testing.assert_frame_equal(ours, theirs[ours.columns], check_dtype=False)
+    rejected = stage.stats().rejected
+    assert not [r for r in rejected if r.startswith(MACHINERY)], rejected
+
+
+def test_a_killed_engine_actor_is_restarted_and_its_batch_redone(local_ray, tmp_path: Path):
+    step = respond_step(SamplingConfig(temperature=0.8, max_tokens=24, seed=5))
+    engine = EngineConfig(batch_size=2)
+    model_dir = str(resolve_model("smollm2-135m"))
+    prompts = [{"prompt": f"Write one sentence about the number {i}."} for i in range(16)]
+
+    def respond(run: RunDir):
+        source = write_source_stage(run, 1, "prompts", prompts, {"n": len(prompts)}, LINEAGE)
+        return run_llm_stage(run, 1, step, source, engine, model_dir, LINEAGE)
+
+    reference = respond(RunDir(tmp_path / "reference"))
+    run = RunDir(tmp_path / "killed")
+    killer = KillAtFirstCommit(run, "eval-respond", "VLLMEngine")
+    killer.start()
+    stage = respond(run)  # on the same kept engine actor, killed after its first batch
+    killer.join(5)
+    assert killer.killed, "no engine actor process was found to kill"
+    assert 0 < killer.committed_at_kill < len(prompts) // 2, "the kill did not land mid-stage"
+    assert stage.committed and stage.stats().rows_in == len(prompts)
+    assert_same_commit(stage, reference)
+
+
+def test_a_killed_scorer_actor_is_restarted_and_its_batch_redone(local_ray, tmp_path: Path):
+    release_engines()  # the scorer's actor needs the CPU the kept engine holds
+    reward_model = build_tiny_reward_model(tmp_path / "rm", resolve_model("smollm2-135m"))
+    scorer = ScorerConfig(kind="reward_model", model=str(reward_model), gap_threshold=0, max_repetition=None,
+                          batch_size=1, num_cpus=0.5, max_length=64)
+    rows = [{"prompt": f"Question {i}?", "a": f"Answer {i} is yes.", "b": f"Answer {i} is no."} for i in range(120)]
+
+    def score(run: RunDir):
+        source = write_source_stage(run, 1, "pairs", rows, {"n": len(rows)}, LINEAGE)
+        return run_score_stage(run, 1, "scores", source, scorer, ("prompt", "a", "b"), LINEAGE)
+
+    reference = score(RunDir(tmp_path / "reference"))
+    run = RunDir(tmp_path / "killed")
+    killer = KillAtFirstCommit(run, "scores", "ScoreActor")
+    killer.start()
+    stage = score(run)
+    killer.join(5)
+    assert killer.killed, "no scorer actor process was found to kill"
+    assert 0 < killer.committed_at_kill < len(rows), "the kill did not land mid-stage"
+    assert stage.committed and stage.stats().rows_in == len(rows)
+    assert_same_commit(stage, reference)
