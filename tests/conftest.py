@@ -138,7 +138,8 @@ def kept_and_rejected(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     stage = StageDir(stage_dir)
     rejected = [pd.read_parquet(f) for f in stage.rejected_files()]
-    frames = (stage.read(), pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(columns=["id"]))
+    kept = stage.read() if stage.part_files() else pd.DataFrame(columns=["id"])
+    frames = (kept, pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(columns=["id"]))
     return tuple(f.sort_values("id", kind="stable").reset_index(drop=True) for f in frames)
 
 

@@ -137,7 +137,7 @@ def test_sft_step_trains_and_registers_the_model(baseline_run: Path, tmp_path: P
     done = json.loads((model_dir.parent / "_done.json").read_text())
     assert done["steps"] == 4 and done["last_loss"] is not None
     assert "fine-tuned model" in result.stdout
-    check_evaluation(copy, current["path"])
+    check_evaluation(copy, current.path)
 
 
 # Small enough for CI: 6 IFEval prompts, short greedy answers; the model judges itself.

@@ -83,7 +83,8 @@ def test_a_killed_engine_actor_is_restarted_and_its_batch_redone(local_ray, tmp_
 def test_a_killed_scorer_actor_is_restarted_and_its_batch_redone(local_ray, tmp_path: Path):
     release_engines()  # the scorer's actor needs the CPU the kept engine holds
     reward_model = build_tiny_reward_model(tmp_path / "rm", resolve_model("smollm2-135m"))
-    scorer = ScorerConfig(kind="reward_model", model=str(reward_model), gap_threshold=0, max_repetition=None,
+    # Every row kept (the tiny model's random weights decide the gaps): its scores are what is compared.
+    scorer = ScorerConfig(kind="reward_model", model=str(reward_model), gap_threshold=-1e9, max_repetition=None,
                           batch_size=1, num_cpus=0.5, max_length=64)
     rows = [{"prompt": f"Question {i}?", "a": f"Answer {i} is yes.", "b": f"Answer {i} is no."} for i in range(120)]
 

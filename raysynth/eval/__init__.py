@@ -88,6 +88,9 @@ def evaluate(run: RunDir, iteration: int, model: str, engine: EngineConfig, cfg:
              baseline: str | None = None, texts: list[str] | None = None) -> dict[str, Any]:
     """Evaluate `model` as iteration `iteration` of `run`; `baseline` (iteration 0's model) for the
     win rate, `texts` (this iteration's synthetic data) for diversity. Writes eval/iter-NN.json."""
+    # Its stages measure: a judge that parses no verdict is a result (counted as incomplete), never a
+    # reason to stop the run, whatever the run's on_empty says.
+    run = RunDir(run.path, run.stop_after, on_empty="continue")
     rows = load_ifeval(cfg.ifeval, cfg.limit)
     lineage = Lineage("eval", iteration, model)
     prompt_rows = [{"key": str(r["key"]), "prompt": r["prompt"]} for r in rows]
