@@ -353,9 +353,8 @@ def open_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any],
     the run was asked to stop after a stage that is now committed."""
     run.check_stop()
     stage = run.stage(iteration, name, identity)
-    if damaged := stage.uncommit_damaged():
-        first = next(iter(damaged.values()))
-        print(f"[redo] {stage.path}: {len(damaged)} committed batch(es) damaged (e.g. {first}); recomputing them")
+    if stage.committed:
+        stage.uncommit_damaged()  # sizes from the manifest; a partial stage's batches are checked in done_hashes
     if stage.committed:
         if not quiet:
             print(f"[skip] {stage.path} (committed)")

@@ -165,8 +165,22 @@ class StageDir:
 
     def done_hashes(self) -> np.ndarray:
         """64-bit hashes of the committed input ids, sorted: what a resume filters against, marker by
-        marker, without a Python set of every id (8 bytes an id, shared zero-copy with the tasks)."""
-        parts = [id_hashes(m["inputs"]) for m in self.markers()]
+        marker, without a Python set of every id (8 bytes an id, shared zero-copy with the tasks).
+        The same pass checks each batch's file sizes: a damaged batch is uncommitted on the way, so
+        the resume recomputes it (a committed stage is checked from its manifest in open_stage)."""
+        parts, damaged = [], {}
+        for path in sorted((self.path / DONE).glob("*.json")):
+            try:
+                marker = json.loads(path.read_text())
+            except ValueError:
+                damaged[path.stem] = f"{DONE}/{path.name}: does not parse"
+                continue
+            if problem := marker_problem(self.path, marker, deep=False):
+                damaged[path.stem] = problem
+                continue
+            parts.append(id_hashes(marker["inputs"]))
+        if damaged:
+            self._uncommit(damaged)
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint64)
 
     def done_count(self) -> int:
@@ -199,27 +213,32 @@ class StageDir:
             return {batch_key(name): f"{name}: {problem}" for name, recorded in files.items()
                     if (problem := file_problem(self.path / name, recorded, deep=False))}
         damaged = {}
-        for marker in sorted((self.path / DONE).glob("*.json")):
+        for path in sorted((self.path / DONE).glob("*.json")):
             try:
-                files = json.loads(marker.read_text()).get("files", {})
+                marker = json.loads(path.read_text())
             except ValueError:
-                damaged[marker.stem] = f"{DONE}/{marker.name}: does not parse"
+                damaged[path.stem] = f"{DONE}/{path.name}: does not parse"
                 continue
-            for name, recorded in files.items():
-                if problem := file_problem(self.path / name, recorded, deep):
-                    damaged[marker.stem] = f"{name}: {problem}"
-                    break
+            if problem := marker_problem(self.path, marker, deep):
+                damaged[path.stem] = problem
         return damaged
 
     def uncommit_damaged(self, deep: bool = False) -> dict[str, str]:
-        """Drop the markers of damaged batches (and the manifest, if any is), so the next run of the
-        stage recomputes exactly those batches; returns them."""
+        """Uncommit damaged batches, so the next run of the stage recomputes exactly those; returns them."""
         damaged = self.damaged(deep)
-        for key in damaged:
-            (self.path / DONE / f"{key}.json").unlink(missing_ok=True)
-        if damaged:
-            (self.path / MANIFEST).unlink(missing_ok=True)
+        self._uncommit(damaged)
         return damaged
+
+    def _uncommit(self, damaged: dict[str, str]) -> None:
+        """Remove these batches' markers and files, and the manifest; say so once."""
+        if not damaged:
+            return
+        for key in damaged:
+            for name in (f"{DONE}/{key}.json", f"part-{key}.parquet", f"rejected/part-{key}.parquet"):
+                (self.path / name).unlink(missing_ok=True)
+        (self.path / MANIFEST).unlink(missing_ok=True)
+        print(f"[redo] {self.path}: {len(damaged)} committed batch(es) damaged "
+              f"(e.g. {next(iter(damaged.values()))}); recomputing them")
 
     def record_time(self, session: str, started: float) -> None:
         path = self.path / TIMES
@@ -250,6 +269,15 @@ class StageDir:
         if not files:
             return pd.DataFrame(columns=columns or [])
         return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
+
+
+def marker_problem(stage_path: Path, marker: dict[str, Any], deep: bool) -> str | None:
+    """The first of a marker's files that is not as recorded, and what is wrong (None: all whole).
+    Markers written before files were recorded have nothing to check."""
+    for name, recorded in marker.get("files", {}).items():
+        if problem := file_problem(stage_path / name, recorded, deep):
+            return f"{name}: {problem}"
+    return None
 
 
 def batch_key(file_name: str) -> str:

@@ -90,3 +90,17 @@ def test_markers_record_their_files_and_damage_is_found(tmp_path):
     assert not stage.committed and list(stage.markers()) == []
     stage.prepare({})  # the damaged files are now leftovers, removed
     assert stage.part_files() == []
+
+
+def test_a_resume_uncommits_a_damaged_batch_of_a_partial_stage(tmp_path):
+    """The resume's one pass over the markers (done_hashes) also checks sizes: a batch whose part file
+    was cut short loses its marker and files, so it is recomputed; the others stay committed."""
+    stage = RunDir(tmp_path).stage(0, "answer", {})
+    stage.prepare({})
+    for parent in ("p1", "p2"):
+        stage.commit_batch([parent], pd.DataFrame([{"id": row_id(parent, "answer", 0), "text": parent * 50}]),
+                           pd.DataFrame(), {"rows_in": 1, "rows_out": 1, "rejected": {}})
+    damaged = Path(stage.part_files()[0])
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    assert len(stage.done_hashes()) == 1
+    assert not damaged.exists() and len(stage.part_files()) == 1 and len(list(stage.markers())) == 1
