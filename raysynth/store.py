@@ -169,18 +169,12 @@ class StageDir:
         The same pass checks each batch's file sizes: a damaged batch is uncommitted on the way, so
         the resume recomputes it (a committed stage is checked from its manifest in open_stage)."""
         parts, damaged = [], {}
-        for path in sorted((self.path / DONE).glob("*.json")):
-            try:
-                marker = json.loads(path.read_text())
-            except ValueError:
-                damaged[path.stem] = f"{DONE}/{path.name}: does not parse"
-                continue
-            if problem := marker_problem(self.path, marker, deep=False):
-                damaged[path.stem] = problem
-                continue
-            parts.append(id_hashes(marker["inputs"]))
-        if damaged:
-            self._uncommit(damaged)
+        for key, marker, problem in self._checked_markers(deep=False):
+            if problem:
+                damaged[key] = problem
+            else:
+                parts.append(id_hashes(marker["inputs"]))
+        self._uncommit(damaged)
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint64)
 
     def done_count(self) -> int:
@@ -212,16 +206,17 @@ class StageDir:
             files = self.manifest().get("files", {})
             return {batch_key(name): f"{name}: {problem}" for name, recorded in files.items()
                     if (problem := file_problem(self.path / name, recorded, deep=False))}
-        damaged = {}
+        return {key: problem for key, _, problem in self._checked_markers(deep) if problem}
+
+    def _checked_markers(self, deep: bool) -> Iterable[tuple[str, dict[str, Any] | None, str | None]]:
+        """(batch key, marker, what is wrong with the batch or None), marker by marker."""
         for path in sorted((self.path / DONE).glob("*.json")):
             try:
                 marker = json.loads(path.read_text())
             except ValueError:
-                damaged[path.stem] = f"{DONE}/{path.name}: does not parse"
+                yield path.stem, None, f"{DONE}/{path.name}: does not parse"
                 continue
-            if problem := marker_problem(self.path, marker, deep):
-                damaged[path.stem] = problem
-        return damaged
+            yield path.stem, marker, marker_problem(self.path, marker, deep)
 
     def uncommit_damaged(self, deep: bool = False) -> dict[str, str]:
         """Uncommit damaged batches, so the next run of the stage recomputes exactly those; returns them."""
