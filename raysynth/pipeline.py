@@ -22,13 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray
 from tqdm import tqdm
 
 from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.faults import MachineryFailure, StageFailed, root_message
 from raysynth.steps import LLMStep, Rejection
-from raysynth.store import LINEAGE, RunDir, StageDir, id_hash, row_id, stable_hash
+from raysynth.store import LINEAGE, RunDir, StageDir, id_hashes, row_id, stable_hash
 
 # Templating, forwarding to an engine, parsing: a fraction of a CPU each, so they never wait
 # behind the engines' reserved CPUs.
@@ -164,7 +165,7 @@ def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, 
         if len(done):
             # The committed inputs go to the object store once, as sorted 64-bit hashes, and every task
             # reads them from there (zero-copy on its node) instead of carrying a set of every id.
-            ds = ds.filter(NotCommitted(ray.put(done)))
+            ds = ds.map_batches(NotCommitted(ray.put(done)), batch_format="pyarrow", batch_size=None)
         # Blocks of exactly batch_size rows, cut from the rows in their read order (init_ray preserves
         # it): an actor emits a block only when all of it is processed, so the block is the unit of
         # commit and of work lost to a crash. Committed batches are whole such blocks, so the rows
@@ -188,19 +189,21 @@ def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, 
 
 
 class NotCommitted:
-    """`Dataset.filter` predicate: the row's id is not among the committed inputs, given as sorted
-    64-bit hashes (an object ref, fetched once per task; or the array itself). Two ids share a hash
-    with odds of about 1e-7 at a million rows on each side."""
+    """`map_batches` function: the batch's rows whose id is not among the committed inputs, given as
+    sorted 64-bit hashes (an object ref, fetched once per task; or the array itself). Whole batches at
+    a time (Arrow in, Arrow out): a row-wise `filter` cost ~10 us a row in Ray's per-row dicts alone.
+    Two ids share a hash with odds of about 1e-7 at a million rows on each side."""
 
     def __init__(self, done: Any):
         self.ref, self.done = (done, None) if isinstance(done, ray.ObjectRef) else (None, done)
 
-    def __call__(self, row: dict[str, Any]) -> bool:
+    def __call__(self, batch: Any) -> Any:
         if self.done is None:
             self.done = ray.get(self.ref)
-        hashed = np.uint64(id_hash(row["id"]))
-        at = int(np.searchsorted(self.done, hashed))
-        return at == len(self.done) or self.done[at] != hashed
+        hashed = id_hashes(batch.column("id").to_pylist())
+        at = np.minimum(np.searchsorted(self.done, hashed), max(len(self.done) - 1, 0))
+        committed = self.done[at] == hashed if len(self.done) else np.zeros(len(hashed), dtype=bool)
+        return batch.filter(pa.array(~committed))
 
 
 def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, engine: EngineConfig,
