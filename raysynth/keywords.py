@@ -136,7 +136,8 @@ def _commit(stage_dir: str, name: str, lineage: Lineage, inputs: list[str], kept
             rows_in: int) -> pd.DataFrame:
     base = lineage.columns(name)
     kept = [{**row, **base, "id": row_id(row["parent_id"], name, 0)} for row in kept]
-    rejected = [{**row, **base, "id": row_id(row["parent_id"], name, -1)} for row in rejected]
+    # A rejection's index is -1, or -1 - k for the k-th extra copy of a repeated input.
+    rejected = [{**row, **base, "id": row_id(row["parent_id"], name, -1 - row.pop("copy", 0))} for row in rejected]
     reasons: dict[str, int] = {}
     for row in rejected:
         reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
@@ -147,16 +148,18 @@ def _commit(stage_dir: str, name: str, lineage: Lineage, inputs: list[str], kept
 
 
 def pool_and_commit(batch: pd.DataFrame, cfg: KeywordConfig, seed: int, stage_dir: str, lineage: Lineage) -> pd.DataFrame:
-    """One block of paragraphs -> a keyword list each (or a `too_few_keywords` rejection)."""
-    batch = batch.drop_duplicates("id")
+    """One block of distinct paragraphs -> a keyword list each (or a `too_few_keywords` rejection);
+    each extra copy of a repeated paragraph is rejected as `duplicate_input`."""
     kept, rejected = [], []
-    for pid, text in zip(batch["id"], batch["text"]):
+    for pid, text, copies in zip(batch["id"], batch["text"], batch["copies"]):
         found = candidates(str(text), cfg)
         if len(found) < cfg.per_list:
             rejected.append({"parent_id": pid, "reason": "too_few_keywords", "raw": str(text)[:500]})
         else:
             kept.append({"parent_id": pid, "keywords": pick_keywords(found, cfg.per_list, pid, seed)})
-    return _commit(stage_dir, "keyword-pool", lineage, list(batch["id"]), kept, rejected, len(batch))
+        rejected += [{"parent_id": pid, "reason": "duplicate_input", "raw": str(text)[:500], "copy": k}
+                     for k in range(1, int(copies))]
+    return _commit(stage_dir, "keyword-pool", lineage, list(batch["id"]), kept, rejected, int(batch["copies"].sum()))
 
 
 def sample_and_commit(batch: pd.DataFrame, fraction: float, seed: int, iteration: int, name: str,

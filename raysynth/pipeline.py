@@ -151,21 +151,39 @@ def run_read_stage(run: RunDir, iteration: int, name: str, identity: dict[str, A
     stage = open_stage(run, iteration, name, identity)
     if stage.committed:
         return stage
-    _stream(stage, read, None, batch_size, label, add_ops)
+    _stream(stage, read, None, batch_size, label, add_ops, unique_ids=True)
     return finish_stage(run, stage, identity, stage.done_count())
 
 
+def one_row_per_id(batch: pd.DataFrame) -> pd.DataFrame:
+    """The first row of each id, with `copies`: how many rows had it (all copies are in the batch)."""
+    copies = batch.groupby("id", sort=False)["id"].transform("size")
+    return batch.assign(copies=copies).drop_duplicates("id")
+
+
 def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, batch_size: int, label: str,
-            add_ops: Callable[[Any, StageDir], Any]) -> None:
-    done = stage.done_hashes()  # one pass over the markers: the count and the resume filter's keys
+            add_ops: Callable[[Any, StageDir], Any], unique_ids: bool = False) -> None:
+    # The committed inputs, as sorted 64-bit hashes, are made by a task straight into the object
+    # store: the driver never holds them, and every filter task reads them there (zero-copy on its
+    # node) instead of carrying a set of every id.
+    done, done_count, said = committed_inputs.remote(StageDir(stage.path.resolve()))
+    done_count, said = ray.get([done_count, said])
+    for line in said:
+        print(line)
     started, session = time.time(), f"{os.getpid()}-{time.time():.0f}"
-    bar = _progress(total, len(done), label)
-    if read is not None and (total is None or len(done) < total):
+    bar = _progress(total, done_count, label)
+    if read is not None and (total is None or done_count < total):
         ds = read()
-        if len(done):
-            # The committed inputs go to the object store once, as sorted 64-bit hashes, and every task
-            # reads them from there (zero-copy on its node) instead of carrying a set of every id.
-            ds = ds.map_batches(NotCommitted(ray.put(done)), batch_format="pyarrow", batch_size=None)
+        if done_count:
+            ds = ds.map_batches(NotCommitted(done), batch_format="pyarrow", batch_size=None)
+        if unique_ids:
+            # Rows from outside the run may repeat (a corpus with a line twice has one id twice): a hash
+            # shuffle on the id brings the copies of each id into one block, where one row is kept and
+            # the number of copies recorded, so every id is committed once. The batches' composition
+            # then varies from run to run: steps of such a stage must depend on the row, not the batch.
+            partitions = max(8, 2 * int(ray.cluster_resources().get("CPU", 1)))
+            ds = ds.repartition(partitions, keys=["id"]).map_batches(one_row_per_id, batch_format="pandas",
+                                                                     batch_size=None)
         # Blocks of exactly batch_size rows, cut from the rows in their read order (init_ray preserves
         # it): an actor emits a block only when all of it is processed, so the block is the unit of
         # commit and of work lost to a crash. Committed batches are whole such blocks, so the rows
@@ -186,6 +204,15 @@ def _stream(stage: StageDir, read: Callable[[], Any] | None, total: int | None, 
                               f"rows are committed and stay (full error: {stage.path / '_error.txt'})") from exc
     bar.close()
     stage.record_time(session, started)
+
+
+@ray.remote(num_cpus=0, num_returns=3)
+def committed_inputs(stage: StageDir) -> tuple[np.ndarray, int, list[str]]:
+    """One pass over a stage's markers (its damaged batches uncommitted on the way): the committed
+    inputs' hashes, their count, and what was said. No CPU asked: engines may hold every one."""
+    said: list[str] = []
+    done = stage.done_hashes(say=said.append)
+    return done, len(done), said
 
 
 class NotCommitted:

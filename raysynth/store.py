@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -163,7 +163,7 @@ class StageDir:
     def done_inputs(self) -> set[str]:
         return {i for m in self.markers() for i in m["inputs"]}
 
-    def done_hashes(self) -> np.ndarray:
+    def done_hashes(self, say: Callable[[str], None] = print) -> np.ndarray:
         """64-bit hashes of the committed input ids, sorted: what a resume filters against, marker by
         marker, without a Python set of every id (8 bytes an id, shared zero-copy with the tasks).
         The same pass checks each batch's file sizes: a damaged batch is uncommitted on the way, so
@@ -174,8 +174,10 @@ class StageDir:
                 damaged[key] = problem
             else:
                 parts.append(id_hashes(marker["inputs"]))
-        self._uncommit(damaged)
-        return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint64)
+        self._uncommit(damaged, say)
+        done = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+        done.sort()
+        return done
 
     def done_count(self) -> int:
         """Inputs committed so far (markers never overlap: a re-run skips committed inputs), without
@@ -224,7 +226,7 @@ class StageDir:
         self._uncommit(damaged)
         return damaged
 
-    def _uncommit(self, damaged: dict[str, str]) -> None:
+    def _uncommit(self, damaged: dict[str, str], say: Callable[[str], None] = print) -> None:
         """Remove these batches' markers and files, and the manifest; say so once."""
         if not damaged:
             return
@@ -232,7 +234,7 @@ class StageDir:
             for name in (f"{DONE}/{key}.json", f"part-{key}.parquet", f"rejected/part-{key}.parquet"):
                 (self.path / name).unlink(missing_ok=True)
         (self.path / MANIFEST).unlink(missing_ok=True)
-        print(f"[redo] {self.path}: {len(damaged)} committed batch(es) damaged "
+        say(f"[redo] {self.path}: {len(damaged)} committed batch(es) damaged "
               f"(e.g. {next(iter(damaged.values()))}); recomputing them")
 
     def record_time(self, session: str, started: float) -> None:

@@ -80,12 +80,17 @@ def run_raysynth(*args: str, env: dict | None = None, timeout: int = 900) -> sub
 
 
 def kill_driver_when(config: Path, pick: Callable[[], object], timeout: float) -> object:
-    """Start `raysynth run CONFIG`, SIGKILL the driver alone (as a crash would) as soon as `pick()`
-    returns something, then Ray's processes it left behind; returns what `pick` returned (None when
-    the run ended or timed out first)."""
+    """Start `raysynth run CONFIG` and kill it as `kill_when` does."""
+    return kill_when(raysynth_cmd("run", str(config)), pick, timeout)
+
+
+def kill_when(command: list[str], pick: Callable[[], object], timeout: float) -> object:
+    """Start a driver (`command`, its own local Ray), SIGKILL the driver alone (as a crash would) as
+    soon as `pick()` returns something, then Ray's processes it left behind; returns what `pick`
+    returned (None when the run ended or timed out first)."""
     env = {**os.environ, "RAYSYNTH_NO_PROGRESS": "1"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(raysynth_cmd("run", str(config)), env=env, start_new_session=True,
+    proc = subprocess.Popen(command, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     picked = None
     deadline = time.time() + timeout

@@ -102,3 +102,56 @@ def test_a_killed_scorer_actor_is_restarted_and_its_batch_redone(local_ray, tmp_
     assert 0 < killer.committed_at_kill < len(rows), "the kill did not land mid-stage"
     assert stage.committed and stage.stats().rows_in == len(rows)
     assert_same_commit(stage, reference)
+
+
+KEYWORD_DRIVER = """
+import sys
+from raysynth.config import KeywordConfig
+from raysynth.keywords import run_keyword_pool, run_keyword_sample
+from raysynth.pipeline import Lineage, init_ray
+from raysynth.store import RunDir
+
+run, cfg = RunDir(sys.argv[1]), KeywordConfig(batch_size=4, sample_batch_size=16)
+init_ray()
+pool = run_keyword_pool(run, [sys.argv[2]], "text", cfg, 0, Lineage("test", 0, "-"))
+run_keyword_sample(run, 1, pool, 60, cfg, 0, Lineage("test", 1, "-"))
+"""
+
+
+def test_a_corpus_of_repeated_lines_is_killed_mid_pool_and_resumes(tmp_path: Path):
+    """Every paragraph three times, in three places: each is pooled once and its two extra copies
+    rejected as duplicate_input; a driver killed mid pool resumes, and both stages equal an
+    uninterrupted run's (the pool's batches differ from run to run, its rows do not)."""
+    import subprocess
+    import sys
+
+    from conftest import kill_when
+    from raysynth.recipes.synpo import SHIPPED_CORPUS
+    from raysynth.store import StageDir
+
+    lines = SHIPPED_CORPUS.read_text().splitlines()[:150]
+    corpus = tmp_path / "tripled.jsonl"
+    corpus.write_text("\n".join(lines * 3) + "\n")
+    script = tmp_path / "driver.py"
+    script.write_text(KEYWORD_DRIVER)
+
+    def pool_partly_committed(run_dir: Path):
+        pool = next(run_dir.glob("iter-00/keyword-pool-*"), None)
+        return pool if pool and not StageDir(pool).committed and any(pool.glob("_done/*.json")) else None
+
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    assert kill_when([sys.executable, str(script), str(killed), str(corpus)],
+                     lambda: pool_partly_committed(killed), 600) is not None, "the pool ended before the kill"
+    for run_dir in (killed, reference):
+        subprocess.run([sys.executable, str(script), str(run_dir), str(corpus)], check=True, timeout=600,
+                       capture_output=True)
+    for stage_glob in ("iter-00/keyword-pool-*", "iter-01/keywords-*"):
+        ours, theirs = (StageDir(next(r.glob(stage_glob))) for r in (killed, reference))
+        assert ours.committed and ours.path.name == theirs.path.name
+        for mine, other in zip(kept_and_rejected(ours.path), kept_and_rejected(theirs.path)):
+            assert list(mine["id"]) == list(other["id"]) and mine["id"].is_unique
+            pd.testing.assert_frame_equal(mine, other[mine.columns], check_dtype=False)
+    pool = StageDir(next(killed.glob("iter-00/keyword-pool-*")))
+    kept, rejected = kept_and_rejected(pool.path)
+    assert pool.done_count() == 150 and pool.stats().rows_in == 450
+    assert (rejected["reason"] == "duplicate_input").sum() == 300
