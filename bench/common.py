@@ -5,6 +5,7 @@ it measured."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -16,7 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def commit() -> str:
-    """The measured commit, `-dirty` when the working tree differs from it."""
+    """The measured commit, `-dirty` when the working tree differs from it (RAYSYNTH_COMMIT where the
+    tree is a copy without git, as on a lent GPU machine)."""
+    if os.environ.get("RAYSYNTH_COMMIT"):
+        return os.environ["RAYSYNTH_COMMIT"]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
@@ -51,10 +55,12 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
-def write_results(path: Path, command: str, lines: list[str], notes: list[str]) -> None:
-    """Print the lines, and write them under a header naming the date, the commit and the command."""
-    header = [f"# {command}", f"# measured {date.today().isoformat()} at commit {commit()} on this machine's CPU "
-              "(2 cores); median (min-max) of interleaved runs"]
+def write_results(path: Path, command: str, lines: list[str], notes: list[str],
+                  machine: str = "this machine's CPU (2 cores)") -> None:
+    """Print the lines, and write them under a header naming the date, the commit, the machine and
+    the command."""
+    header = [f"# {command}", f"# measured {date.today().isoformat()} at commit {commit()} on {machine}; "
+              "median (min-max) of interleaved runs"]
     text = "\n".join(header + lines + [f"# {n}" for n in notes]) + "\n"
     print(text)
     path.write_text(text)
