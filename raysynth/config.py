@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 
 class Strict(BaseModel):
@@ -131,17 +131,31 @@ class CondorSteps(Strict):
     refine: SamplingConfig = SamplingConfig(max_tokens=1024)
 
 
-# The paper expands every tag over 7 task types; its text does not list them, so these are
-# our reading of its examples (analysis, reasoning, creation, coding, ...). Configurable.
-CONDOR_TASK_TYPES = [
-    "daily conversation",
-    "role playing",
-    "creative writing",
-    "knowledge question answering",
-    "analysis and reasoning",
-    "coding",
-    "mathematics",
-]
+# The paper's seven task types (arXiv 2501.12273, appendix "Detailed explanation of total 7 chat
+# tasks"), each with a one-line description in our words; the question prompt names both.
+CONDOR_TASK_TYPES = {
+    "Role Playing": "take on a role and hold a conversation or act as that role would, to explore a "
+                    "perspective or a scenario",
+    "Daily Chat": "casual conversation: greetings, small talk, sharing everyday experiences",
+    "Domain QA": "an expert, accurate answer to a question within a specific field",
+    "Given Material Processing": "analyse, transform or summarise a text, data or other material that "
+                                 "the question itself provides",
+    "Response Format Control": "answer under explicit requirements on format, style or wording",
+    "View": "give an opinion, an insight or a perspective on a topic",
+    "Creation": "write new content: an article, a story, a poem, a design",
+}
+
+
+def _task_types(value: Any) -> Any:
+    """A list names some of the paper's task types (their descriptions are ours); a mapping gives
+    name -> description for any task type."""
+    if isinstance(value, list):
+        unknown = [v for v in value if v not in CONDOR_TASK_TYPES]
+        if unknown:
+            raise ValueError(f"unknown task types {unknown}: a list names the paper's "
+                             f"({', '.join(CONDOR_TASK_TYPES)}); give a mapping name: description for others")
+        return {name: CONDOR_TASK_TYPES[name] for name in value}
+    return value
 
 
 class CondorConfig(Strict):
@@ -150,8 +164,16 @@ class CondorConfig(Strict):
                            "leaf tags per branch before synthesis; 0: off (use the tree as given)")
     max_tags: int | None = Field(None, ge=1, description="sample this many leaf tags (seeded, after "
                                  "growth); None: all")
-    task_types: list[str] = Field(default_factory=lambda: list(CONDOR_TASK_TYPES), min_length=1)
+    task_types: Annotated[dict[str, str], BeforeValidator(_task_types)] = Field(
+        default_factory=lambda: dict(CONDOR_TASK_TYPES), min_length=1,
+        description="task type -> one-line description, each tag is asked for questions of every one (paper: "
+        "its seven); a list picks some of the paper's")
     difficulties: list[str] = Field(default_factory=lambda: ["Easy", "Medium", "Hard"], min_length=1)
+    examples_per_prompt: int = Field(3, ge=0, description="example questions in each question prompt, drawn "
+                                     "per (tag, task type) from `example_questions`, with the paper's 'for "
+                                     "inspiration, do not copy' instruction; 0: none (the paper does not say how many)")
+    example_questions: ExistingFile | None = Field(None, description="JSONL, an `instruction` per line; None: the "
+                                                   "175 self-instruct seed tasks shipped with raysynth")
     refine_rounds: int = Field(1, ge=0, description="critique-refine rounds (paper: 1)")
     max_question_chars: int = Field(600, ge=20)
     max_section_chars: int = Field(500, ge=20, description="per critique section, structured mode")
@@ -188,7 +210,7 @@ class ScorerConfig(Strict):
     judge: JudgeConfig = JudgeConfig()
     gap_threshold: float | None = Field(None, description="keep rows with score_gap >= this; None: the "
                                         "paper's value for the kind (PairRM 0.20, ArmoRM 0.02; judge: agreed wins)")
-    max_repetition: float | None = Field(0.5, ge=0, le=1, description="drop when response A's repeated "
+    max_repetition: float | None = Field(0.5, ge=0, le=1, description="drop when either response's repeated "
                                          "4-gram share exceeds this (SynPO: 50%); None: off")
     max_length: int = Field(2048, ge=16, description="tokens per scored input")
     batch_size: int = Field(16, ge=1)
@@ -255,7 +277,8 @@ class TrainConfig(Strict):
     Defaults are sized for the embedded 135M model on CPU (LoRA, a few hundred rows). The papers'
     values, where their text gives them: SynPO searches SimPO's beta in 2-12 (we default to 2, the
     low end, and gamma/beta = 0.5 as in SimPO's Llama-3 recipe); SynPO and Condor train 3 epochs
-    with warm-up 0.1 (learning rates are not legible in our copies of the papers).
+    with warm-up 0.1; Condor's full fine-tuning uses 2e-5 (jobs/condor.yaml). The other papers'
+    learning rates are not legible in our copies.
     """
 
     method: Literal["sft", "simpo", "dpo"] = "sft"
@@ -605,8 +628,8 @@ class TrainJob(Strict):
 
 
 RECIPE_NAMES = ("condor", "synpo", "isheep", "refed")
-INPUT_FILES = [("condor", "tag_tree"), ("eval", "ifeval"), ("eval", "winrate_prompts"), ("synpo", "seed_data"),
-               ("synpo", "corpus"), ("isheep", "seed_tasks"), ("refed", "references")]
+INPUT_FILES = [("condor", "tag_tree"), ("condor", "example_questions"), ("eval", "ifeval"), ("eval", "winrate_prompts"),
+               ("synpo", "seed_data"), ("synpo", "corpus"), ("isheep", "seed_tasks"), ("refed", "references")]
 RunConfig = Annotated[Union[CondorRun, SynpoRun, ISheepRun, RefedRun], Field(discriminator="recipe")]
 _RUN_ADAPTER: TypeAdapter[Any] = TypeAdapter(RunConfig)
 

@@ -53,7 +53,7 @@ condor:
   steps:
     question: {{temperature: 0, max_tokens: 200}}
     answer: {{temperature: {answer_temperature}, max_tokens: 48, structured: false}}
-    critique: {{temperature: 0, max_tokens: 120}}
+    critique: {{temperature: 0, max_tokens: 160}}
     refine: {{temperature: 0, max_tokens: 160}}
 """
 

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from raysynth.config import CondorConfig
-from raysynth.recipes.condor import leaf_tags, load_tag_tree, tag_task_rows
+from raysynth.recipes.condor import example_questions, leaf_tags, load_tag_tree, tag_task_rows
 from raysynth.steps import Rejection, load_template
 from raysynth.steps.condor import (condor_steps, critique_regex, parse_answer, parse_critique, parse_questions,
                                    parse_refine, question_regex, refine_regex)
@@ -49,14 +49,44 @@ def test_question_regex_accepts_good_and_refuses_placeholder():
                                                             "Question 1: what is a prime number?"))
 
 
-def test_critique_sections():
-    text = "**Strength:** clear.\n**Weaknesses:** misses the proof.\nSuggestions: add Euclid's argument."
+# A critique as a 7B model writes it in the paper's format: numbered points over several lines.
+BRACKETED_CRITIQUE = """[Critique Start]
+[Strength Start] Strengths:
+1. Clear definition of a prime.
+2. Good example (7). [Strength End]
+[Weakness Start] Weaknesses:
+1. Misses the proof that there are infinitely many. [Weakness End]
+[Suggestion Start] Suggestions for Improvement:
+1. Add Euclid's argument. [Suggestion End]
+[Critique End]"""
+
+
+def test_critique_bracketed_sections():
+    out = parse_critique(BRACKETED_CRITIQUE, {})[0]
+    assert out["strength"].startswith("Strengths:\n1. Clear") and out["strength"].endswith("(7).")
+    assert out["weakness"] == "Weaknesses:\n1. Misses the proof that there are infinitely many."
+    assert out["suggestion"] == "Suggestions for Improvement:\n1. Add Euclid's argument."
+    assert re.fullmatch(critique_regex(200), BRACKETED_CRITIQUE)
+    assert not re.fullmatch(critique_regex(200), BRACKETED_CRITIQUE.replace("[Weakness Start]", ""))
+
+
+def test_critique_headed_sections_when_the_brackets_are_dropped():
+    text = "**Strength:** clear.\n**Weaknesses:** misses the proof.\nSuggestions: add Euclid's argument.\n[Critique End]"
     assert parse_critique(text, {})[0] == {"strength": "clear.", "weakness": "misses the proof.",
                                         "suggestion": "add Euclid's argument."}
-    assert re.fullmatch(critique_regex(100), "Strength: clear prose.\nWeakness: no proof given.\n"
-                                             "Suggestion: add Euclid's argument.")
-    with pytest.raises(Rejection):
-        parse_critique("Strength: good. Suggestion: none.", {})
+    for bad in ("Strength: good. Suggestion: none.", "[Strength Start]good[Strength End]"):
+        with pytest.raises(Rejection):
+            parse_critique(bad, {})
+
+
+def test_task_types_are_the_papers_seven_with_descriptions():
+    task_types = CondorConfig().task_types
+    assert list(task_types) == ["Role Playing", "Daily Chat", "Domain QA", "Given Material Processing",
+                                "Response Format Control", "View", "Creation"]
+    assert all(len(d) > 20 for d in task_types.values())
+    assert CondorConfig(task_types=["View"]).task_types == {"View": task_types["View"]}
+    with pytest.raises(ValueError, match="unknown task types"):
+        CondorConfig(task_types=["coding"])
 
 
 def test_refine_and_answer():
@@ -76,13 +106,18 @@ def test_refine_and_answer():
 
 def test_build_uses_template_files():
     steps = condor_steps(CondorConfig())
-    row = {"domain": "Mathematics", "tag": "prime numbers", "task_type": "coding", "question": "Q?",
+    row = {"domain": "Mathematics", "tag": "prime numbers", "task_type": "View", "question": "Q?",
+           "task_description": "give an opinion", "examples": ["Plan a picnic for six.", "Explain tides."],
            "answer": "A.", "strength": "s", "weakness": "w", "suggestion": "g", "branch": "Number theory",
            "existing": ["primes"]}
     for step in steps.values():
         messages = step.build(row, step.template)
         assert messages[0]["role"] == "user" and messages[0]["content"].strip()
-    assert "prime numbers" in steps["question"].build(row, load_template("condor", "question"))[0]["content"]
+    question = steps["question"].build(row, load_template("condor", "question"))[0]["content"]
+    assert "prime numbers" in question and '"View": give an opinion' in question
+    assert "- Plan a picnic for six.\n- Explain tides.\n" in question and "own new words" in question
+    without = steps["question"].build({**row, "examples": []}, load_template("condor", "question"))[0]["content"]
+    assert "for inspiration" not in without and "Plan a picnic" not in without
 
 
 def test_tag_tree_shape_and_sampling():
@@ -90,9 +125,13 @@ def test_tag_tree_shape_and_sampling():
     assert len(tree) >= 40 and all(isinstance(v, dict) and v for v in tree.values())
     paths = leaf_tags(tree)
     assert all(len(p) == 3 for p in paths)
-    rows = tag_task_rows(tree, ["a", "b"], max_tags=5, seed=1)
-    assert len(rows) == 10 and rows == tag_task_rows(tree, ["a", "b"], max_tags=5, seed=1)
-    assert len(tag_task_rows(tree, ["a"], None, 0)) == len(paths)
+    pool = example_questions(None)
+    rows = tag_task_rows(tree, {"a": "task a", "b": "task b"}, max_tags=5, seed=1, examples=pool, per_prompt=3)
+    assert len(rows) == 10 and rows == tag_task_rows(tree, {"a": "task a", "b": "task b"}, 5, 1, pool, 3)
+    assert all(len(r["examples"]) == 3 and set(r["examples"]) <= set(pool) for r in rows)
+    assert len({tuple(r["examples"]) for r in rows}) == len(rows)  # drawn per row: no example in every prompt
+    assert rows[0]["task_description"] == "task a"
+    assert len(tag_task_rows(tree, {"a": ""}, None, 0)) == len(paths)
 
 
 def test_grow_tags_parse_and_merge():

@@ -29,6 +29,8 @@ from raysynth.store import RunDir, stable_hash
 from raysynth.train import train_model
 
 RECIPE = "condor"
+# The question prompt's examples: the 175 self-instruct seed tasks (a general pool, any domain).
+SHIPPED_EXAMPLES = PACKAGE_DIR / "data" / "isheep_seed_tasks.jsonl"
 
 
 def load_tag_tree(path: Path | None) -> dict[str, Any]:
@@ -73,13 +75,28 @@ def add_grown_tags(tree: dict[str, Any], grown: list[dict[str, Any]]) -> dict[st
     return tree
 
 
-def tag_task_rows(tree: dict[str, Any], task_types: list[str], max_tags: int | None,
-                  seed: int) -> list[dict[str, Any]]:
+def example_questions(path: Path | None) -> list[str]:
+    """The pool the question prompt's examples are drawn from: `instruction` of each JSONL line."""
+    lines = Path(path or SHIPPED_EXAMPLES).read_text().splitlines()
+    return [str(json.loads(line)["instruction"]) for line in lines if line.strip()]
+
+
+def tag_task_rows(tree: dict[str, Any], task_types: dict[str, str], max_tags: int | None, seed: int,
+                  examples: list[str] = (), per_prompt: int = 0) -> list[dict[str, Any]]:
+    """One row per (leaf tag, task type), with `per_prompt` example questions drawn for that row
+    (seeded by it): the paper shows examples per domain; a fresh draw per row from a general pool keeps
+    any one example's theme from leaking into every question."""
     tags = leaf_tags(tree)
     if max_tags is not None and max_tags < len(tags):
         tags = sorted(random.Random(seed).sample(tags, max_tags))
-    return [{"domain": path[0], "tag_path": " > ".join(path), "tag": path[-1], "task_type": task}
-            for path in tags for task in task_types]
+    rows = []
+    for path in tags:
+        for task, description in task_types.items():
+            tag_path = " > ".join(path)
+            drawn = random.Random(f"{seed}:{tag_path}:{task}").sample(list(examples), min(per_prompt, len(examples)))
+            rows.append({"domain": path[0], "tag_path": tag_path, "tag": path[-1], "task_type": task,
+                         "task_description": description, "examples": drawn})
+    return rows
 
 
 def run(cfg: CondorRun) -> dict[str, Any]:
@@ -94,7 +111,9 @@ def run(cfg: CondorRun) -> dict[str, Any]:
                                       lineage)
         grown = run_llm_stage(run_dir, 0, steps["grow_tags"], branches, cfg.engine, model_dir, lineage)
         tree = add_grown_tags(tree, grown.read(["path", "new_tags"]).to_dict("records"))
-    rows = tag_task_rows(tree, cfg.condor.task_types, cfg.condor.max_tags, cfg.seed)
+    examples = example_questions(cfg.condor.example_questions) if cfg.condor.examples_per_prompt else []
+    rows = tag_task_rows(tree, cfg.condor.task_types, cfg.condor.max_tags, cfg.seed, examples,
+                         cfg.condor.examples_per_prompt)
     tags = write_source_stage(run_dir, 0, "tags", rows, {"rows": stable_hash(rows)}, lineage)
 
     questions = run_llm_stage(run_dir, 0, steps["question"], tags, cfg.engine, model_dir, lineage)

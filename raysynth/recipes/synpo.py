@@ -202,13 +202,14 @@ def ranked_pairs(run_dir: RunDir, t: int, prompts: StageDir, cfg: SynpoRun, poli
     unfiltered = cfg.synpo.scorer.model_copy(update={"gap_threshold": -1e9, "max_repetition": None})
     scored = run_pair_scores(run_dir, t, "ranking-scores", versus, unfiltered, ("prompt", "response", "reference"),
                              lineage, judge_engine, judge_dir)
-    identity = {"input": scored.name, "scorer": cfg.synpo.scorer.model_dump(mode="json")}
+    identity = {"input": scored.name, "scorer": cfg.synpo.scorer.model_dump(mode="json"),
+                "repetition_checked": ["chosen", "rejected"]}
     stage = open_stage(run_dir, t, "pairs", identity)
     if not stage.committed:
         frame = pd.DataFrame(best_worst(scored.read()), columns=["prompt_id", "prompt", "chosen", "rejected", "score_a", "score_b",
                                             "score_gap", "score_error"])
         frame["id"] = frame["prompt_id"]
         filter_and_commit(frame, "pairs", str(stage.path), lineage, cfg.synpo.scorer.threshold,
-                          cfg.synpo.scorer.max_repetition, "chosen")
+                          cfg.synpo.scorer.max_repetition, ("chosen", "rejected"))
         finish_stage(run_dir, stage, identity, len(frame))
     return stage

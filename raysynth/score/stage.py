@@ -68,15 +68,17 @@ class ScoreActor:
 
 
 def filter_and_commit(batch: pd.DataFrame, name: str, stage_dir: str, lineage: Lineage, threshold: float,
-                      max_repetition: float | None, response_column: str) -> pd.DataFrame:
+                      max_repetition: float | None, response_columns: tuple[str, str]) -> pd.DataFrame:
+    """Keep a pair when its gap passes and neither response is repetitive (both sides of a preference
+    pair are training text: a repetitive rejected answer teaches as much noise as a chosen one)."""
     rows = batch.to_dict("records")
     reasons = []
     for row in rows:
         reason = "score_error" if row["score_error"] else gap_reason(row["score_gap"], threshold)
-        if reason is None and max_repetition is not None:
-            reason = repetition_reason(str(row[response_column]), max_repetition)
+        for column in response_columns if max_repetition is not None else ():
+            reason = reason or repetition_reason(str(row[column]), max_repetition)
         reasons.append(reason)
-    raws = [row["score_error"] or str(row[response_column]) for row in rows]
+    raws = [row["score_error"] or str(row[response_columns[0]]) for row in rows]
     scores = [{k: row[k] for k in ("score_a", "score_b", "score_gap")} for row in rows]
     kept = commit_decisions(StageDir(stage_dir), name, lineage, rows, reasons, raws, scores)
     return pd.DataFrame([{"rows_in": len(rows), "rows_out": kept}])
@@ -85,8 +87,9 @@ def filter_and_commit(batch: pd.DataFrame, name: str, stage_dir: str, lineage: L
 def run_score_stage(run: RunDir, iteration: int, name: str, source: StageDir, scorer: ScorerConfig,
                     columns: tuple[str, str, str], lineage: Lineage) -> StageDir:
     """Score `columns` = (prompt, response A, response B) of every source row; keep rows whose
-    gap passes the threshold and whose response A is not repetitive; reject the rest with reasons."""
-    identity = {"scorer": scorer.model_dump(mode="json"), "columns": list(columns), "input": source.name}
+    gap passes the threshold and neither of whose responses is repetitive; reject the rest with reasons."""
+    identity = {"scorer": scorer.model_dump(mode="json"), "columns": list(columns), "input": source.name,
+                "repetition_checked": list(columns[1:])}
 
     def add_ops(ds, stage: StageDir):
         release_engines()  # the reward model's actors need the CPUs / GPUs the kept engines hold
@@ -98,7 +101,7 @@ def run_score_stage(run: RunDir, iteration: int, name: str, source: StageDir, sc
         return ds.map_batches(filter_and_commit, batch_format="pandas", batch_size=None, num_cpus=0.25,
                               fn_kwargs={"name": name, "stage_dir": str(stage.path), "lineage": lineage,
                                          "threshold": scorer.threshold, "max_repetition": scorer.max_repetition,
-                                         "response_column": columns[1]})
+                                         "response_columns": columns[1:]})
 
     return run_stage(run, iteration, name, identity, source, scorer.batch_size, f"{lineage.recipe}/{name}",
                       add_ops)
@@ -127,7 +130,8 @@ def run_pair_scores(run: RunDir, iteration: int, name: str, source: StageDir, sc
     step = replace(judge_steps(scorer.judge)["pairwise"], name=f"{name}-judge")
     verdicts = run_llm_stage(run, iteration, step, shown, engine, model_dir, lineage)
 
-    identity = {"scorer": scorer.model_dump(mode="json"), "columns": list(columns), "verdicts": verdicts.name}
+    identity = {"scorer": scorer.model_dump(mode="json"), "columns": list(columns), "verdicts": verdicts.name,
+                "repetition_checked": [a, b]}
     stage = open_stage(run, iteration, name, identity)
     if stage.committed:
         return stage
@@ -139,5 +143,5 @@ def run_pair_scores(run: RunDir, iteration: int, name: str, source: StageDir, sc
         frame["score_b"] = -frame["score_a"]
         frame["score_gap"] = frame["score_a"] - frame["score_b"]
         frame["score_error"] = outcome.map(lambda w: "" if w in JUDGE_SCORE else "judge verdict missing in an order")
-    filter_and_commit(frame, name, str(stage.path), lineage, scorer.threshold, scorer.max_repetition, a)
+    filter_and_commit(frame, name, str(stage.path), lineage, scorer.threshold, scorer.max_repetition, (a, b))
     return finish_stage(run, stage, identity, len(rows))

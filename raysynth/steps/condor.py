@@ -1,5 +1,6 @@
 """Condor's LLM steps (arXiv 2501.12273): question synthesis per (tag, task type), answer,
-self-critique (Strength / Weakness / Suggestion), refinement. Pure build/parse functions."""
+self-critique (the paper's bracketed Strength / Weakness / Suggestion sections), refinement. Pure
+build/parse functions."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ _QUESTION_RE = re.compile(
     r"\[\s*(?P<level>[A-Za-z]+)\s*\]\s*\[\s*Question Start\s*\](?P<text>.*?)\[\s*Question End\s*\]",
     re.DOTALL | re.IGNORECASE,
 )
+_BRACKETED_RE = {name: re.compile(rf"\[\s*{name} Start\s*\](?P<text>.*?)\[\s*{name} End\s*\]", re.DOTALL | re.IGNORECASE)
+                 for name in ("Strength", "Weakness", "Suggestion")}
 _SECTION_RE = re.compile(
     r"^\W*(?P<name>Strengths?|Weakness(?:es)?|Suggestions?)[*_ ]*:[*_]*\s*",
     re.IGNORECASE | re.MULTILINE,
@@ -54,8 +57,12 @@ def parse_grow_tags(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
 # --- question synthesis ----------------------------------------------------------------------
 
 def build_question(row: dict[str, Any], template: str) -> Messages:
+    examples = [str(e) for e in row.get("examples", [])]
+    block = ("\nHere are some examples of high-quality SFT Questions, from any domain, for inspiration:\n"
+             + "".join(f"- {e}\n" for e in examples)) if examples else ""
     return [{"role": "user", "content": template.format(
-        domain=row["domain"], theme=row["tag"], task_type=row["task_type"])}]
+        domain=row["domain"], theme=row["tag"], task_type=row["task_type"],
+        task_description=row.get("task_description", ""), examples=block)}]
 
 
 def question_regex(difficulties: list[str], max_chars: int) -> str:
@@ -100,23 +107,36 @@ def build_critique(row: dict[str, Any], template: str) -> Messages:
 
 
 def critique_regex(max_chars: int) -> str:
-    line = rf"[^\n]{{10,{max_chars}}}"
-    return rf"Strength: {line}\nWeakness: {line}\nSuggestion: {line}"
+    # Sections may span lines and hold numbered points; no brackets inside, so that the grammar can
+    # tell a section's end marker from its text (a bound for structured mode, not for the parser).
+    body = rf"[^\[\]]{{10,{max_chars}}}"
+    sections = r"\n".join(rf"\[{name} Start\]{body}\[{name} End\]" for name in ("Strength", "Weakness", "Suggestion"))
+    return rf"\[Critique Start\]\n{sections}\n\[Critique End\]"
 
 
 def parse_critique(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
-    """Split into the three sections; headings may vary in case, plural and markdown decoration."""
-    marks = list(_SECTION_RE.finditer(text))
-    sections: dict[str, str] = {}
-    for i, mark in enumerate(marks):
-        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        key = next(k for k in ("strength", "weakness", "suggestion") if mark.group("name").lower().startswith(k[:6]))
-        sections.setdefault(key, text[mark.end():end].strip())
+    """The paper's bracketed sections ([Strength Start]...[Strength End], ...); failing those, headed
+    sections ("Strengths:", "**Weakness**:", ...) as models that drop the brackets write them."""
+    sections = {name.lower(): m.group("text").strip() for name, pattern in _BRACKETED_RE.items()
+                if (m := pattern.search(text))}
+    if not all(sections.get(k) for k in ("strength", "weakness", "suggestion")):
+        sections = _headed_sections(text)
     missing = [k for k in ("strength", "weakness", "suggestion") if not sections.get(k)]
     if missing:
         raise Rejection("unparseable", f"critique lacks {', '.join(missing)}")
     return [{"strength": sections["strength"], "weakness": sections["weakness"],
              "suggestion": sections["suggestion"]}]
+
+
+def _headed_sections(text: str) -> dict[str, str]:
+    """Headings may vary in case, plural and markdown decoration; a section runs to the next heading."""
+    marks = list(_SECTION_RE.finditer(text))
+    sections: dict[str, str] = {}
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        key = next(k for k in ("strength", "weakness", "suggestion") if mark.group("name").lower().startswith(k[:6]))
+        sections.setdefault(key, re.sub(r"\[\s*Critique End\s*\]\s*$", "", text[mark.end():end].strip()).strip())
+    return sections
 
 
 # --- refinement ------------------------------------------------------------------------------
