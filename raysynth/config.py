@@ -198,7 +198,10 @@ class ScorerConfig(Strict):
     """A reward-model actor pool that scores (prompt, response A, response B) rows.
 
     pairrm: a PairRM checkpoint (hub id or dir); score_a = position-swapped preference of A over
-    B, score_b = its negative. reward_model: any sequence-classification reward model (ArmoRM
+    B, score_b = its negative, so score_gap = l(A,B) - l(B,A): exactly the logit llm-blender's
+    `Blender.compare(..., return_logits=True)` returns in its default mode "[A,B]+[B,A]" (the score
+    difference of `rank(..., return_scores=True)` over [A, B] is the same number), the scale of
+    SynPO's 0.20 threshold. reward_model: any sequence-classification reward model (ArmoRM
     with trust_remote_code); score_a and score_b are its scalar scores. llm_judge: the pairwise
     judge on the vLLM stage (the run's engine and model, `judge` sampling), both orders; score_a
     is +1 / 0 / -1 for win / tie / loss. score_gap = a - b. `model` is unused for llm_judge.
