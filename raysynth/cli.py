@@ -37,6 +37,9 @@ def run(
     with _exit_on_user_error(model_field=f"{config}: field 'engine.model'"):
         cfg = load_config(config, overrides)
         resolve_model(cfg.engine.model)  # fail before anything is written
+    if getattr(cfg, "student_model", None):
+        with _exit_on_user_error(model_field=f"{config}: field 'student_model'"):
+            resolve_model(cfg.student_model)
 
     from raysynth.runlock import RunLock, RunLocked
 

@@ -374,6 +374,9 @@ class CondorRun(RunHeader):
     recipe: Literal["condor"]
     run_dir: Path = Path("runs/condor")
     condor: CondorConfig = CondorConfig()
+    student_model: str | None = Field(None, description="the model SFT trains on the refined data (name, dir or "
+                                      "hub id; the paper: a base model, while an instruct model synthesizes); "
+                                      "None: the synthesizing model, engine.model")
     train: TrainConfig | None = Field(
         None, description="SFT on the refined data after synthesis (Condor's last step); None: synthesis only")
     eval: EvalConfig | None = Field(None, description="evaluate the base model (and the trained one, "

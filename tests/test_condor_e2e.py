@@ -140,6 +140,30 @@ def test_sft_step_trains_and_registers_the_model(baseline_run: Path, tmp_path: P
     check_evaluation(copy, current.path)
 
 
+def test_a_student_other_than_the_synthesizer_is_trained(baseline_run: Path, tmp_path: Path):
+    """The paper trains a base model on an instruct model's data: with `student_model` set, SFT starts
+    from the student (a second, tiny model here), and the registered model has the student's shape."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    from raysynth.models import resolve_model
+    from tiny_models import build_tiny_causal_lm
+
+    copy = tmp_path / "run"
+    shutil.copytree(baseline_run, copy)
+    student = build_tiny_causal_lm(tmp_path / "student", resolve_model("smollm2-135m"))
+    result = run_raysynth("run", str(write_tiny_config(tmp_path, copy)), "--set", f"student_model={student}",
+                          "--set", "train.method=sft", "--set", "train.max_steps=2", "--set", "train.max_length=128",
+                          "--set", "train.save_steps=2")
+    assert result.stdout.count("[skip]") == 4  # synthesis by the synthesizer is reused as it is
+    current = read_registry(copy).current_entry()
+    trained = AutoConfig.from_pretrained(current.path)
+    assert (trained.num_hidden_layers, trained.hidden_size) == (2, 64)  # the student's, not SmolLM2's
+    identity = json.loads((Path(current.path).parent / "_train.json").read_text())
+    assert identity["model"] == str(student)
+
+
 # Small enough for CI: 6 IFEval prompts, short greedy answers; the model judges itself.
 EVAL_SETTINGS = ("--set", "eval.limit=6", "--set", "eval.generation.max_tokens=48")
 

@@ -20,6 +20,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (GOOD + "engine:\n  batch_size: lots\n", "engine.batch_size", "valid integer"),
     (GOOD + "  tag_tree: no/such/tree.json\n", "condor.tag_tree", "file not found"),
     (GOOD + "engine:\n  model: /no/such/model\n", "engine.model", "not"),
+    (GOOD + "student_model: /no/such/student\n", "student_model", "not"),
+    (GOOD + "  task_types: [coding]\n", "condor.task_types", "unknown task types"),
     (GOOD.replace("condor\n", "alchemy\n", 1), "recipe", "one of the recipes"),
     (GOOD + "engine:\n  concurrency: [3, 1]\n", "engine.concurrency", "min <= max"),
 ])

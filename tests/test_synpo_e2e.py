@@ -143,11 +143,13 @@ def test_sampling_ranking_pairs_best_and_worst_sample(local_ray, tmp_path):
 def test_sampling_ranking_with_reward_model_scorers(local_ray, tmp_path, kind):
     """The sampling-ranking baseline with the paper's scorer kinds (tiny checkpoints in the real
     formats): each of n samples is scored against sample 0, and the pair is the best and the worst
-    sample, sample 0 included. With a reward model the choice is checked against its own scores."""
+    sample, sample 0 included, checked against the scorer's own numbers computed apart from the
+    stage: a reward model's scores, or PairRM's gaps against sample 0 (sample 0 itself at 0)."""
     from raysynth.config import SynpoRun
     from raysynth.models import engine_for
     from raysynth.pipeline import Lineage, write_source_stage
     from raysynth.recipes.synpo import ranked_pairs
+    from raysynth.score.pairrm import PairRM
     from raysynth.score.reward_model import SequenceRewardModel
     from tiny_models import build_tiny_pairrm, build_tiny_reward_model
 
@@ -164,15 +166,19 @@ def test_sampling_ranking_with_reward_model_scorers(local_ray, tmp_path, kind):
     pairs = ranked_pairs(run, 1, prompts, cfg, "smollm2-135m", *engine_for(cfg.engine, "smollm2-135m"))
     manifest = pairs.manifest()
     assert manifest["rows_in"] == 2 and manifest["rows_out"] == 2, manifest  # best >= worst: gap 0 keeps all
-    samples = [s for s in run.stages() if s.name.startswith("answer")][0].read(["prompt", "response"])
+    samples = [s for s in run.stages() if s.name.startswith("answer")][0].read(["prompt", "sample", "response"])
     for row in pairs.read().to_dict("records"):
-        texts = samples[samples["prompt"] == row["prompt"]]["response"].astype(str).tolist()
+        texts = samples[samples["prompt"] == row["prompt"]].sort_values("sample")["response"].astype(str).tolist()
         assert len(texts) == 3 and {row["chosen"], row["rejected"]} <= set(texts) and row["score_gap"] >= 0
         if kind == "reward_model":
-            scores = SequenceRewardModel(str(model_dir), max_length=128).score([row["prompt"]] * 3, texts)
-            assert row["chosen"] == texts[scores.index(max(scores))]
-            assert row["rejected"] == texts[scores.index(min(scores))]
-            assert row["score_gap"] == pytest.approx(max(scores) - min(scores), abs=1e-3)
+            values = SequenceRewardModel(str(model_dir), max_length=128).score([row["prompt"]] * 3, texts)
+        else:  # the stage's gap of each sample against sample 0: 2 x the position-swapped preference
+            ranker = PairRM(str(model_dir), source_max_length=64, candidate_max_length=32)
+            values = [0.0] + [2 * p for p in ranker.compare([row["prompt"]] * 2, texts[1:], texts[:1] * 2)]
+        by_text = dict(zip(texts, values))
+        assert by_text[row["chosen"]] == pytest.approx(max(values), abs=1e-3)
+        assert by_text[row["rejected"]] == pytest.approx(min(values), abs=1e-3)
+        assert row["score_gap"] == pytest.approx(max(values) - min(values), abs=1e-3)
 
 
 def test_seed_po_pairs_the_gold_answer_against_the_policys(local_ray, tmp_path):

@@ -47,6 +47,23 @@ def build_tiny_reward_model(path: Path, tokenizer_dir: str) -> Path:
     return path
 
 
+def build_tiny_causal_lm(path: Path, tokenizer_dir: str) -> Path:
+    """A 2-layer Llama with the embedded model's tokenizer and chat template: a second, different model
+    (a student to train beside the synthesizer)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def build_shifted_head_copy(base: Path, path: Path) -> Path:
     """The model at `base` with other weights: an untied output layer whose rows are the input
     embeddings moved by one token, so wherever `base` would emit token t this copy emits t + 1. Its

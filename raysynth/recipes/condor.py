@@ -4,7 +4,8 @@
   one call per (tag, task):
   Easy / Medium / Hard questions --> answers --> [critique (Strength / Weakness / Suggestion)
   --> refined answer] x refine_rounds --> SFT dataset (chat messages)
-  --> [SFT with Ray Train when `train` is set --> the run's current model: condor-iter-01]
+  --> [SFT of the student (`student_model`, default the synthesizer) with Ray Train when `train` is
+  set --> the run's current model: condor-iter-01]
   --> [evaluation when `eval` is set: IFEval, win rate of iteration 1 against 0, diversity]
 """
 
@@ -127,17 +128,18 @@ def run(cfg: CondorRun) -> dict[str, Any]:
 
     export = export_sft(current, run_dir.iteration_dir(0) / "sft", "question", "answer",
                         extra_columns=("tag_path", "task_type", "difficulty"))
+    student = cfg.student_model or cfg.engine.model  # the paper trains a base model on an instruct model's data
     if cfg.train is not None and not export["rows"]:
         run_dir.nothing_kept(f"iteration 0: no sample was kept to train on; the model stays {cfg.engine.model}")
     elif cfg.train is not None:
-        trained = train_model(cfg.train, Path(str(export["parquet"])), cfg.engine.model, model_dir,
+        trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
                               run_dir.iteration_dir(0), cfg.engine.trust_remote_code)
         export["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1).path
     if cfg.eval is not None:
-        # Iteration 0: the base model, and the diversity of the questions it synthesised;
-        # iteration 1: the model trained on them, judged against the base model.
+        # Iteration 0: the student before training, and the diversity of the synthesised questions;
+        # iteration 1: the student trained on them, judged against itself before.
         questions = [str(q) for q in current.read(["question"])["question"]]
-        evaluate(run_dir, 0, cfg.engine.model, cfg.engine, cfg.eval, texts=questions)
+        evaluate(run_dir, 0, student, cfg.engine, cfg.eval, texts=questions)
         if export.get("model"):
-            evaluate(run_dir, 1, export["model"], cfg.engine, cfg.eval, baseline=cfg.engine.model)
+            evaluate(run_dir, 1, export["model"], cfg.engine, cfg.eval, baseline=student)
     return export
