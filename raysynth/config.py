@@ -370,13 +370,17 @@ class RunHeader(Strict):
                                                   "non-zero exit naming it (stop), or note it and go on (continue)")
 
 
+def student_field(paper: str) -> Any:
+    """The field naming the model a recipe trains when its paper separates it from the synthesizer."""
+    return Field(None, description=f"the model trained on the synthetic data (name, dir or hub id; the paper: "
+                                   f"{paper}); None: the synthesizing model, engine.model (or its endpoint's)")
+
+
 class CondorRun(RunHeader):
     recipe: Literal["condor"]
     run_dir: Path = Path("runs/condor")
     condor: CondorConfig = CondorConfig()
-    student_model: str | None = Field(None, description="the model SFT trains on the refined data (name, dir or "
-                                      "hub id; the paper: a base model, while an instruct model synthesizes); "
-                                      "None: the synthesizing model, engine.model")
+    student_model: str | None = student_field("a base model, while an instruct model synthesizes")
     train: TrainConfig | None = Field(
         None, description="SFT on the refined data after synthesis (Condor's last step); None: synthesis only")
     eval: EvalConfig | None = Field(None, description="evaluate the base model (and the trained one, "
@@ -602,6 +606,7 @@ class RefedRun(RunHeader):
     recipe: Literal["refed"]
     run_dir: Path = Path("runs/refed")
     refed: RefedConfig = RefedConfig()
+    student_model: str | None = student_field("a smaller student trained on a larger teacher's data")
     train: TrainConfig | None = Field(TrainConfig(method="sft"), description="SFT on (instruction, improved "
                                       "response); None: synthesis only")
     eval: EvalConfig | None = Field(EvalConfig(), description="IFEval (and win rate) of the trained model "

@@ -9,7 +9,8 @@
   --> the answer improved with the reference's response feedback, keeping the points that apply
       (analysis, strategy, improved response)
       [--> judge: kept when the improved response beats the original in both orders]
-  --> SFT on (instruction, improved response) --> evaluated against the starting model   [iter-01]
+  --> SFT of the student (`student_model`, default the synthesizer) on (instruction, improved
+      response) --> evaluated against the student before training                         [iter-01]
 
 Ablations (`refed.feedback`): instruction_only (no improvement), sample (feedback written on each
 answer instead of the reference's). `iter-01/iteration.json` holds the funnel and the JSON repair,
@@ -24,7 +25,7 @@ from typing import Any
 from raysynth.config import RefedRun
 from raysynth.eval import evaluate
 from raysynth.export import export_sft
-from raysynth.models import engine_for
+from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.recipes.synpo import SHIPPED_SEED, seed_rows
 from raysynth.registry import register_model
@@ -74,6 +75,7 @@ def json_rates(stage: StageDir, label: str) -> dict[str, float]:
 def run(cfg: RefedRun) -> dict[str, Any]:
     run_dir, r = RunDir(cfg.run_dir, cfg.stop_after, cfg.on_empty), cfg.refed
     start, (engine, model_dir) = cfg.engine.model, engine_for(cfg.engine, cfg.engine.model)
+    student = cfg.student_model or start  # the paper's student learns from a teacher's synthesis
     steps = refed_steps(r)
 
     # Feedback, once per reference: iteration 0, reused by any synthesis on the same references.
@@ -88,7 +90,7 @@ def run(cfg: RefedRun) -> dict[str, Any]:
         funnel["with response feedback"] = feedback.rows_out()
         rates |= json_rates(feedback, "response feedback")
     if cfg.eval is not None:
-        evaluate(run_dir, 0, start, cfg.engine, cfg.eval)
+        evaluate(run_dir, 0, student, cfg.engine, cfg.eval)
 
     lineage = Lineage(RECIPE, 1, start)
     rows = synthesis_requests(feedback, r.features)
@@ -121,15 +123,15 @@ def run(cfg: RefedRun) -> dict[str, Any]:
     if cfg.train is not None and not export["rows"]:
         step["skipped"] = "no sample was kept to train on"
         run_dir.write_iteration_summary(step)
-        run_dir.nothing_kept(f"iteration 1: {step['skipped']}; the model stays {start}")
+        run_dir.nothing_kept(f"iteration 1: {step['skipped']}; the model stays {student}")
     run_dir.write_iteration_summary(step)
     summary = {**export, "iterations": [step]}
     if cfg.train is not None and export["rows"]:
-        trained = train_model(cfg.train, Path(str(export["parquet"])), start, model_dir, run_dir.iteration_dir(1),
-                              cfg.engine.trust_remote_code)
+        trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
+                              run_dir.iteration_dir(1), cfg.engine.trust_remote_code)
         step["model"] = summary["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1).path
         run_dir.write_iteration_summary(step)
         if cfg.eval is not None:
             texts = [str(i) for i in instructions.read(["instruction"])["instruction"]]
-            evaluate(run_dir, 1, step["model"], cfg.engine, cfg.eval, baseline=start, texts=texts)
+            evaluate(run_dir, 1, step["model"], cfg.engine, cfg.eval, baseline=student, texts=texts)
     return summary
