@@ -87,6 +87,10 @@ class EngineConfig(Strict):
                              "actor (V1 multiprocessing off, 'uni' executor): saves two process starts, about "
                              "15 s per stage on CPU; only with tensor_parallel_size 1")
     trust_remote_code: bool = False
+    prompt_format: Literal["chat", "plain"] = Field(
+        "chat", description="chat: the model's chat template; plain: Alpaca-style text (preamble, '### "
+        "Instruction:', '### Response:') for base models without one. Local engines; an endpoint always "
+        "gets chat messages")
     batch_size: int = Field(64, ge=1, description="rows per engine call; larger keeps the engine fed")
     concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool; with keep_alive, "
                                          "max engines are started and kept")

@@ -81,8 +81,31 @@ def sampling_params(sampling: SamplingConfig, regex: str | None = None, json_sch
                           n=sampling.n, seed=seed, structured_outputs=structured)
 
 
-def chat_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """The model's chat template applied to `messages`, ending where the assistant's reply starts."""
+# Alpaca's preamble and sections: the plain prompt format of models without a chat template (base
+# models, as in I-SHEEP's Llama-3 70B base runs).
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task. Write a response that appropriately "
+                   "completes the request.")
+
+
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """`messages` as Alpaca-style text ending where the reply starts: a system message (or Alpaca's
+    preamble), then each user turn as an instruction and each assistant turn as a response."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    parts = [system[0] if system else ALPACA_PREAMBLE]
+    for message in messages:
+        if message["role"] == "user":
+            parts.append(f"### Instruction:\n{message['content']}")
+        elif message["role"] == "assistant":
+            parts.append(f"### Response:\n{message['content']}")
+    return "\n\n".join(parts + ["### Response:\n"])
+
+
+def chat_token_ids(tokenizer, messages: list[dict[str, str]], prompt_format: str = "chat") -> list[int]:
+    """`messages` as the prompt's token ids, ending where the assistant's reply starts: through the
+    model's chat template ("chat"), or as plain Alpaca-style text with the tokenizer's own special
+    tokens ("plain")."""
+    if prompt_format == "plain":
+        return tokenizer.encode(plain_prompt(messages), add_special_tokens=True)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     # The template already holds the special tokens; transformers 5 returns a dict for tokenize=True.
     return tokenizer.encode(text, add_special_tokens=False)
@@ -126,6 +149,7 @@ class VLLMEngine:
 
         self.llm = LLM(**engine_kwargs(engine, model_dir, 0, offline=True))
         self.tokenizer = self.llm.get_tokenizer()
+        self.prompt_format = engine.prompt_format
         self.max_prompt_tokens = engine.max_model_len - 1
         # The engine's sampler lives in this process when the engine core runs in-process: reseeding
         # the process seeds the batch. Otherwise each request gets its own seed (fine on GPUs; on CPU
@@ -146,7 +170,7 @@ class VLLMEngine:
         token_lists: list[list[int]] = []
         for i, messages_json in enumerate(batch["prompt_messages"]):
             try:
-                ids = chat_token_ids(self.tokenizer, json.loads(messages_json))
+                ids = chat_token_ids(self.tokenizer, json.loads(messages_json), self.prompt_format)
             except Exception as exc:  # a malformed prompt row: rejected, the batch goes on
                 errors[i] = f"prompt_error: {type(exc).__name__}: {exc}"[:500]
                 continue

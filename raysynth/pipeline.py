@@ -238,6 +238,8 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
     """Run `step` over the committed rows of `source`; skip if committed, resume if partial."""
     identity = {"step": step.identity(), "model": lineage.model, "input": source.name,
                 "engine": engine.model_dump(include={"model", "dtype", "max_model_len", "trust_remote_code"}),
+                # Only when not the default, so that the stages of existing runs keep their names.
+                **({"prompt_format": engine.prompt_format} if engine.prompt_format != "chat" else {}),
                 **({"endpoint": engine.endpoint.model_dump(include={"base_url", "model"})} if engine.endpoint else {})}
 
     def add_ops(ds, stage: StageDir):

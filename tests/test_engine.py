@@ -1,0 +1,54 @@
+"""The engine's prompt formats: the model's chat template, or plain Alpaca-style text for base models
+without one (pure functions on the embedded model's tokenizer), and a stage generating in each."""
+
+from pathlib import Path
+
+import pytest
+
+from raysynth.engine import ALPACA_PREAMBLE, chat_token_ids, plain_prompt
+from raysynth.models import resolve_model
+
+MESSAGES = [{"role": "user", "content": "Name a fruit."}]
+
+
+def test_plain_prompt_is_alpaca_style():
+    assert plain_prompt(MESSAGES) == f"{ALPACA_PREAMBLE}\n\n### Instruction:\nName a fruit.\n\n### Response:\n"
+    turns = [{"role": "system", "content": "Be brief."}, *MESSAGES, {"role": "assistant", "content": "Apple."},
+             {"role": "user", "content": "Another?"}]
+    assert plain_prompt(turns) == ("Be brief.\n\n### Instruction:\nName a fruit.\n\n### Response:\nApple.\n\n"
+                                   "### Instruction:\nAnother?\n\n### Response:\n")
+
+
+def test_chat_token_ids_in_both_formats():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    chat = tokenizer.decode(chat_token_ids(tokenizer, MESSAGES))
+    plain = tokenizer.decode(chat_token_ids(tokenizer, MESSAGES, "plain"))
+    assert "<|im_start|>user" in chat and chat.rstrip().endswith("assistant")
+    assert "<|im_start|>" not in plain and plain.endswith("### Instruction:\nName a fruit.\n\n### Response:\n")
+
+
+@pytest.mark.slow
+def test_a_stage_generates_with_the_plain_format(local_ray, tmp_path: Path):
+    """The same step in both formats on the real engine: each stage commits every row, the plain one
+    under its own name (the format is part of the stage's identity) and with its own prompt length."""
+    from raysynth.config import EngineConfig, SamplingConfig
+    from raysynth.pipeline import Lineage, release_engines, run_llm_stage, write_source_stage
+    from raysynth.steps.eval import respond_step
+    from raysynth.store import RunDir
+
+    run, lineage = RunDir(tmp_path / "run"), Lineage("test", 1, "smollm2-135m")
+    source = write_source_stage(run, 1, "prompts", [{"prompt": "Name a fruit."}, {"prompt": "Say hello."}],
+                                {"n": 2}, lineage)
+    step, model_dir = respond_step(SamplingConfig(temperature=0, max_tokens=8)), resolve_model("smollm2-135m")
+    stages = {fmt: run_llm_stage(run, 1, step, source, EngineConfig(batch_size=2, prompt_format=fmt), model_dir,
+                                 lineage) for fmt in ("chat", "plain")}
+    release_engines()
+    assert stages["chat"].name != stages["plain"].name
+    lengths = {}
+    for fmt, stage in stages.items():
+        rows = stage.read(["response", "tokens_in"])
+        assert len(rows) == 2 and rows["response"].astype(str).str.len().sum() > 0
+        lengths[fmt] = sorted(rows["tokens_in"].tolist())
+    assert lengths["chat"] != lengths["plain"]
