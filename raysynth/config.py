@@ -590,7 +590,11 @@ class RefedConfig(Strict):
     reference_limit: int | None = Field(None, ge=1, description="first N references; None: all")
     features: list[Literal["subject_areas", "skills"]] = Field(
         ["subject_areas", "skills"], min_length=1, description="instruction features that each steer new instructions")
-    instructions_per_feature: int = Field(10, ge=1, description="new instructions per reference and feature (paper: 10)")
+    instructions_per_feature: int = Field(10, ge=1, description="new instructions per reference and feature, asked "
+                                          "for in one request (paper: 10)")
+    training_data: Literal["synthetic", "references"] = Field(
+        "synthetic", description="synthetic: the REFED samples; references: the paper's seed-only baseline, SFT on "
+        "the curated references alone (no feedback or synthesis)")
     feedback: Literal["reference", "instruction_only", "sample"] = Field(
         "reference", description="reference: the reference's response feedback improves every answer (paper); the "
         "paper's ablations: instruction_only (no improvement step) and sample (feedback written on each answer)")

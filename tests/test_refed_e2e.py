@@ -32,9 +32,9 @@ refed:
   steps:
     instruction_feedback: {{max_tokens: 96}}
     response_feedback: {{max_tokens: 128}}
-    generate: {{max_tokens: 64}}
+    generate: {{max_tokens: 160}}
     answer: {{max_tokens: 48}}
-    improve: {{max_tokens: 128}}
+    improve: {{max_tokens: 256}}
 train: {{max_steps: 2, save_steps: 2}}
 eval:
   limit: 4
@@ -120,6 +120,20 @@ def test_report_shows_references_rates_and_ifeval(refed_run):
                  "judge keep rate", "ifeval prompt strict", ">iter-00/instruction-feedback<", ">iter-01/improve<"):
         assert text in page, text
     assert "judge keep rate" in (run_dir / "summary.md").read_text()
+
+
+def test_the_seed_only_baseline_trains_on_the_references_alone(tmp_path):
+    """The paper's seed-only baseline: SFT on the curated references, no feedback or synthesis."""
+    config = tmp_path / "seed-only.yaml"
+    config.write_text(TINY_REFED.format(run_dir=tmp_path / "run"))
+    run_raysynth("run", str(config), "--set", "refed.training_data=references", "--set", "eval=null")
+    run_dir = tmp_path / "run"
+    assert [s.name.rsplit("-", 1)[0] for s in RunDir(run_dir).stages()] == ["references"]
+    sft = pd.read_json(run_dir / "iter-01" / "sft" / "sft.jsonl", lines=True)
+    references = RunDir(run_dir).stages()[0].read(["ref_prompt", "ref_output"])
+    assert sorted(sft["messages"].map(lambda m: (m[0]["content"], m[1]["content"]))) == sorted(
+        zip(references["ref_prompt"], references["ref_output"]))
+    assert read_registry(run_dir).current == "refed-iter-01"
 
 
 def test_sample_level_feedback_runs_on_each_answer(local_ray, tmp_path):

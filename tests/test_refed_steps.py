@@ -12,7 +12,7 @@ from raysynth.pipeline import Lineage, parse_and_commit, write_source_stage
 from raysynth.recipes.refed import json_rates, reference_rows, synthesis_requests
 from raysynth.steps import Rejection
 from raysynth.steps.json_reply import parse_json_reply
-from raysynth.steps.refed import (FEATURES, parse_generated_instruction, parse_improve, parse_instruction_feedback,
+from raysynth.steps.refed import (FEATURES, parse_generated_instructions, parse_improve, parse_instruction_feedback,
                                   parse_response_feedback, refed_steps)
 from raysynth.store import RunDir
 
@@ -39,19 +39,28 @@ def test_feedback_parsing_cleans_and_limits_lists():
         parse_instruction_feedback('{"subject_areas": [" "], "skills": ["x"]}', {}, 5)
 
 
-def test_generation_is_steered_by_one_feature_of_the_reference():
+def test_generation_asks_for_all_instructions_of_one_feature_at_once():
     step = refed_steps(RefedConfig(instructions_per_feature=10))["generate"]
-    assert step.sampling.n == 10  # paper: 10 per feature, 20 per reference
+    assert step.sampling.n == 1 and step.json_schema["properties"]["instructions"]["maxItems"] == 10
     row = {**REFERENCE, "subject_areas": ["health", "nutrition"], "skills": ["giving advice"]}
     for feature in ("subject_areas", "skills"):
         prompt = step.build({**row, "feature": feature}, step.template)[0]["content"]
         assert REFERENCE["ref_prompt"] in prompt and FEATURES[feature]["description"] in prompt
+        assert "Write 10 new instructions" in prompt and "similar complexity and length" in prompt
         assert ("- health" in prompt) == (feature == "subject_areas") and ("- giving advice" in prompt) == (feature == "skills")
-    assert parse_generated_instruction("Instruction: List two fruits.", REFERENCE, 100) == [{"instruction": "List two fruits."}]
-    for reply, reason in (("", "empty"), ("x" * 101, "too_long"), (REFERENCE["ref_prompt"], "copied_reference")):
+    # Ten instructions as a 7B model lists them: with a repeat (case and spacing aside), a copy of the
+    # reference, an over-long one and an empty one, which are left out.
+    items = [f"Suggest {k} ways to drink more water during a busy workday." for k in range(2, 9)]
+    reply = json.dumps({"instructions": [*items, "  suggest 2 ways to  drink more water during a busy workday.",
+                                         REFERENCE["ref_prompt"], "x" * 101, " "]})
+    rows = parse_generated_instructions(reply, REFERENCE, 100)
+    assert [r["instruction"] for r in rows] == items and not any(r["json_repaired"] for r in rows)
+    cut = json.dumps({"instructions": items})[:-20]  # max_tokens reached in the last one: it is dropped
+    assert [r["instruction"] for r in parse_generated_instructions(cut, REFERENCE, 100)] == items[:-1]
+    for reply in ("", '{"instructions": []}', json.dumps({"instructions": [REFERENCE["ref_prompt"]]})):
         with pytest.raises(Rejection) as caught:
-            parse_generated_instruction(reply, REFERENCE, 100)
-        assert caught.value.reason == reason
+            parse_generated_instructions(reply, REFERENCE, 100)
+        assert caught.value.reason == "unusable_json"
 
 
 def test_answer_is_one_shot_with_the_reference_pair():
@@ -67,10 +76,19 @@ def test_improvement_uses_the_feedback_and_parses_its_three_parts():
     row = {"instruction": "Name a fruit.", "response": "Apple", "strengths": ["concise"], "improvements": ["say why"]}
     prompt = step.build(row, step.template)[0]["content"]
     assert "- concise" in prompt and "- say why" in prompt and "Not every point applies" in prompt
-    assert step.json_schema["required"] == ["analysis", "strategy", "improved_response"]
-    reply = '{"analysis": "why applies", "strategy": "add a reason", "improved_response": "An apple: sweet and crisp."}'
-    assert parse_improve(reply, row)[0]["improved"] == "An apple: sweet and crisp."
-    assert parse_improve('{"analysis": "a", "improved_response": "Apple, because', row)[0]["json_repaired"]
+    assert step.json_schema["required"] == ["analysis", "implementation_strategy", "improved_response"]
+    assert step.json_schema["properties"]["analysis"]["required"] == [
+        "original_strengths", "improvement_opportunities", "relevant_feedback"]
+    record = {"analysis": {"original_strengths": ["names a fruit"], "improvement_opportunities": ["no reason"],
+                           "relevant_feedback": ["say why"]},
+              "implementation_strategy": {"planned_changes": ["add a reason"], "rationale": "a reason helps"},
+              "improved_response": "An apple: sweet and crisp."}
+    [out] = parse_improve(json.dumps(record), row)
+    assert out["improved"] == "An apple: sweet and crisp." and not out["json_repaired"]
+    assert json.loads(out["analysis"]) == record["analysis"]
+    assert json.loads(out["strategy"]) == record["implementation_strategy"]
+    assert parse_improve('{"analysis": {"original_strengths": ["a"]}, "improved_response": "Apple, because', row)[0][
+        "json_repaired"]
     sample = refed_steps(RefedConfig(feedback="sample"))["improve"]
     assert sample.template_name == "improve_sample" and "Not every point" not in sample.template
 

@@ -3,7 +3,8 @@
   curated reference samples (instruction, response)
   --> instruction feedback (subject areas, skills) and response feedback (strengths, improvements),
       collected once per reference and stored                                            [iter-00]
-  --> per reference and instruction feature: 10 new instructions steered by that feature
+  --> per reference and instruction feature: one request for 10 new, distinct instructions of similar
+      complexity and length, steered by that feature
       [--> ROUGE-L diversity selection]
   --> a one-shot answer to each, the reference pair as the example
   --> the answer improved with the reference's response feedback, keeping the points that apply
@@ -13,7 +14,8 @@
       response) --> evaluated against the student before training                         [iter-01]
 
 Ablations (`refed.feedback`): instruction_only (no improvement), sample (feedback written on each
-answer instead of the reference's). `iter-01/iteration.json` holds the funnel and the JSON repair,
+answer instead of the reference's); the seed-only baseline (`refed.training_data: references`) trains
+on the references alone. `iter-01/iteration.json` holds the funnel and the JSON repair,
 failure and judge keep rates for the report.
 """
 
@@ -82,6 +84,12 @@ def run(cfg: RefedRun) -> dict[str, Any]:
     lineage = Lineage(RECIPE, 0, start)
     refs = reference_rows(r.references, r.reference_limit)
     references = write_source_stage(run_dir, 0, "references", refs, {"rows": stable_hash(refs)}, lineage)
+    if r.training_data == "references":  # the paper's seed-only baseline: no synthesis at all
+        if cfg.eval is not None:
+            evaluate(run_dir, 0, student, cfg.engine, cfg.eval)
+        export = export_sft(references, run_dir.iteration_dir(1) / "sft", "ref_prompt", "ref_output")
+        step = {"iteration": 1, "funnel": {"references": len(refs), "trained on": export["rows"]}, "rates": {}}
+        return train_and_evaluate(cfg, run_dir, export, step, student, [ref["ref_prompt"] for ref in refs])
     feedback = run_llm_stage(run_dir, 0, steps["instruction_feedback"], references, engine, model_dir, lineage)
     funnel = {"references": len(refs), "with instruction feedback": feedback.rows_out()}
     rates = json_rates(feedback, "instruction feedback")
@@ -120,6 +128,14 @@ def run(cfg: RefedRun) -> dict[str, Any]:
     export = export_sft(final, run_dir.iteration_dir(1) / "sft", "instruction", response_column,
                         extra_columns=("ref_prompt",))
     step: dict[str, Any] = {"iteration": 1, "funnel": funnel | {"trained on": export["rows"]}, "rates": rates}
+    texts = [str(i) for i in instructions.read(["instruction"])["instruction"]]
+    return train_and_evaluate(cfg, run_dir, export, step, student, texts)
+
+
+def train_and_evaluate(cfg: RefedRun, run_dir: RunDir, export: dict[str, Any], step: dict[str, Any], student: str,
+                       texts: list[str]) -> dict[str, Any]:
+    """SFT of the student on the export, registered as iteration 1 and evaluated against the student
+    before training (`texts`: the instructions it learnt from, for the diversity figures)."""
     if cfg.train is not None and not export["rows"]:
         step["skipped"] = "no sample was kept to train on"
         run_dir.write_iteration_summary(step)
@@ -132,6 +148,5 @@ def run(cfg: RefedRun) -> dict[str, Any]:
         step["model"] = summary["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1).path
         run_dir.write_iteration_summary(step)
         if cfg.eval is not None:
-            texts = [str(i) for i in instructions.read(["instruction"])["instruction"]]
             evaluate(run_dir, 1, step["model"], cfg.engine, cfg.eval, baseline=student, texts=texts)
     return summary

@@ -1,12 +1,14 @@
 """Reference-level feedback's LLM steps (REFED, Mehri et al. 2025): feedback on a reference's
-instruction (subject areas, skills) and response (strengths, improvements), new instructions steered
-by one instruction feature, one-shot answers with the reference pair, and improvement with response
-feedback (analysis, strategy, improved response). Pure functions.
+instruction (subject areas, skills) and response (strengths, improvements, judged on the paper's
+criteria: content, communication, fit to the instruction), ten new instructions in one request per
+reference and instruction feature, one-shot answers with the reference pair, and improvement with
+response feedback (the paper's nested record: analysis, implementation strategy, improved response).
+Pure functions.
 
-Feedback and improvement replies are JSON (vLLM structured output by default); a malformed or
-truncated reply is repaired with json-repair, and the row records `json_repaired`; a reply that
-is still unusable is counted and dropped. The paper's prompts are not in our copy of it (only its
-abstract and figure captions): ours are in raysynth/prompts/refed/.
+Every reply but the answer is JSON (vLLM structured output by default); a malformed or truncated
+reply is repaired with json-repair, and the row records `json_repaired`; a reply that is still
+unusable is counted and dropped. Our prompts (raysynth/prompts/refed/) follow the structure of the
+authors' (repository Shuhaibm/refed, prompts.py), in our words.
 """
 
 from __future__ import annotations
@@ -17,16 +19,27 @@ from typing import Any
 from raysynth.config import RefedConfig
 from raysynth.steps import PACKAGE_DIR, LLMStep, Messages, Rejection
 from raysynth.steps.json_reply import list_schema, parse_json_reply, string_list
-from raysynth.steps.synpo import clean_reply
 
 RECIPE = "refed"
 FEATURES = {row["feature"]: row for row in map(json.loads, (PACKAGE_DIR / "prompts" / RECIPE / "features.jsonl")
                                                 .read_text().splitlines()) if row}
-IMPROVE_SCHEMA = {"type": "object", "required": ["analysis", "strategy", "improved_response"],
-                  "additionalProperties": False,
-                  "properties": {"analysis": {"type": "string", "maxLength": 600},
-                                 "strategy": {"type": "string", "maxLength": 600},
-                                 "improved_response": {"type": "string", "minLength": 1}}}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(properties), "additionalProperties": False, "properties": properties}
+
+
+def _strings(max_items: int) -> dict[str, Any]:
+    return {"type": "array", "maxItems": max_items, "items": {"type": "string", "minLength": 1, "maxLength": 300}}
+
+
+# The authors' improvement record; lists bounded so that a reply leaves room for the response itself.
+IMPROVE_SCHEMA = _object({
+    "analysis": _object({"original_strengths": _strings(5), "improvement_opportunities": _strings(5),
+                         "relevant_feedback": _strings(5)}),
+    "implementation_strategy": _object({"planned_changes": _strings(5),
+                                        "rationale": {"type": "string", "maxLength": 600}}),
+    "improved_response": {"type": "string", "minLength": 1}})
 
 
 def bullets(items: Any) -> str:
@@ -61,27 +74,36 @@ def parse_response_feedback(text: str, row: dict[str, Any], max_items: int) -> l
 
 # --- synthesis -------------------------------------------------------------------------------
 
-def build_generate(row: dict[str, Any], template: str) -> Messages:
+def build_generate(row: dict[str, Any], template: str, count: int) -> Messages:
     feature = FEATURES[row["feature"]]
     return [{"role": "user", "content": template.format(
         prompt=row["ref_prompt"], feature_description=feature["description"], feature_text=bullets(row[row["feature"]]),
-        feature_request=feature["request"])}]
+        feature_request=feature["request"], count=count)}]
 
 
-def generate_regex(max_chars: int) -> str:
-    """Structured mode: one instruction on one line, without the chatter small models put around it."""
-    return rf"Instruction: [A-Z][^\n]{{9,{max_chars - 1}}}"
+def generate_schema(count: int, max_chars: int) -> dict[str, Any]:
+    return _object({"instructions": {"type": "array", "minItems": 1, "maxItems": count,
+                                     "items": {"type": "string", "minLength": 10, "maxLength": max_chars}}})
 
 
-def parse_generated_instruction(text: str, row: dict[str, Any], max_chars: int) -> list[dict[str, Any]]:
-    instruction = clean_reply(text)
-    if not instruction:
-        raise Rejection("empty")
-    if len(instruction) > max_chars:
-        raise Rejection("too_long", f"{len(instruction)} chars")
-    if instruction.strip().lower() == str(row["ref_prompt"]).strip().lower():
-        raise Rejection("copied_reference")
-    return [{"instruction": instruction}]
+def parse_generated_instructions(text: str, row: dict[str, Any], max_chars: int) -> list[dict[str, Any]]:
+    """The reply's distinct new instructions, a row each: empty ones, over-long ones, copies of the
+    reference and repeats (ignoring case and spacing) left out, and the last one of a reply cut short
+    (it is cut too); none left is a rejection."""
+    value, repaired = parse_json_reply(text, ("instructions",))
+    items = string_list(value["instructions"], 10**6)
+    if repaired and not text.rstrip().endswith(("]", "}")):
+        items = items[:-1]
+    seen = {" ".join(str(row["ref_prompt"]).lower().split())}
+    rows = []
+    for item in items:
+        key = " ".join(item.lower().split())
+        if len(item) <= max_chars and key not in seen:
+            seen.add(key)
+            rows.append({"instruction": item, "json_repaired": repaired})
+    if not rows:
+        raise Rejection("unusable_json", "no new, distinct instruction")
+    return rows
 
 
 def build_answer(row: dict[str, Any], template: str) -> Messages:
@@ -103,11 +125,13 @@ def build_improve(row: dict[str, Any], template: str) -> Messages:
 
 
 def parse_improve(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The improved response, with the analysis and the strategy kept as JSON text."""
     value, repaired = parse_json_reply(text, ("improved_response",))
     improved = str(value["improved_response"]).strip()
     if not improved:
         raise Rejection("unusable_json", "empty improved_response")
-    return [{"analysis": str(value.get("analysis", "")), "strategy": str(value.get("strategy", "")),
+    return [{"analysis": json.dumps(value.get("analysis", {}), ensure_ascii=False),
+             "strategy": json.dumps(value.get("implementation_strategy", {}), ensure_ascii=False),
              "improved": improved, "json_repaired": repaired}]
 
 
@@ -128,10 +152,13 @@ def refed_steps(cfg: RefedConfig) -> dict[str, LLMStep]:
             json_schema=list_schema("subject_areas", "skills", max_items=items), params={"items": items}),
         "reference_feedback": response_feedback("response-feedback", ("ref_prompt", "ref_output")),
         "sample_feedback": response_feedback("sample-feedback", ("instruction", "response")),
-        "generate": LLMStep("instructions", RECIPE, "generate_instruction", build_generate,
-                            lambda text, row: parse_generated_instruction(text, row, cfg.max_instruction_chars),
-                            s.generate.model_copy(update={"n": cfg.instructions_per_feature}),
-                            regex=generate_regex(cfg.max_instruction_chars), params={"max_chars": cfg.max_instruction_chars}),
+        # One request per reference and feature for all its instructions, as the paper asks: the model
+        # sees the list it writes, so the instructions differ from each other.
+        "generate": LLMStep("instructions", RECIPE, "generate_instruction",
+                            lambda row, template: build_generate(row, template, cfg.instructions_per_feature),
+                            lambda text, row: parse_generated_instructions(text, row, cfg.max_instruction_chars),
+                            s.generate, json_schema=generate_schema(cfg.instructions_per_feature, cfg.max_instruction_chars),
+                            params={"count": cfg.instructions_per_feature, "max_chars": cfg.max_instruction_chars}),
         "answer": LLMStep("answer", RECIPE, "answer", build_answer, parse_answer, s.answer),
         "improve": LLMStep("improve", RECIPE, "improve_sample" if cfg.feedback == "sample" else "improve",
                            build_improve, parse_improve, s.improve, json_schema=IMPROVE_SCHEMA),
