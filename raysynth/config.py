@@ -135,6 +135,15 @@ class CondorSteps(Strict):
     refine: SamplingConfig = SamplingConfig(max_tokens=1024)
 
 
+def guards_field() -> Any:
+    """The switch between structured outputs that also constrain content and ones that fix only the
+    markers a parser needs."""
+    return Field(True, description="structured outputs also hold content to what a 135M model keeps "
+                 "parseable (one line, a capital first letter, no brackets, length caps); false: they fix only "
+                 "the markers the parser needs and any text goes between them (multi-line, brackets, code, "
+                 "any script), as a 7B model writes (jobs/*.yaml)")
+
+
 # The paper's seven task types (arXiv 2501.12273, appendix "Detailed explanation of total 7 chat
 # tasks"), each with a one-line description in our words; the question prompt names both.
 CONDOR_TASK_TYPES = {
@@ -179,9 +188,10 @@ class CondorConfig(Strict):
     example_questions: ExistingFile | None = Field(None, description="JSONL, an `instruction` per line; None: the "
                                                    "175 self-instruct seed tasks shipped with raysynth")
     refine_rounds: int = Field(1, ge=0, description="critique-refine rounds (paper: 1)")
-    max_question_chars: int = Field(600, ge=20)
-    max_section_chars: int = Field(500, ge=20, description="per critique section, structured mode")
-    max_answer_chars: int = Field(4000, ge=20, description="refined answer, structured mode")
+    small_model_guards: bool = guards_field()
+    max_question_chars: int = Field(600, ge=20, description="per question, with small_model_guards")
+    max_section_chars: int = Field(500, ge=20, description="per critique section, with small_model_guards")
+    max_answer_chars: int = Field(4000, ge=20, description="refined answer, with small_model_guards")
     steps: CondorSteps = CondorSteps()
 
 
@@ -542,6 +552,7 @@ class ISheepConfig(Strict):
     icl_examples: int = Field(3, ge=1, description="seed tasks shown per generation request (Alpaca's meta-prompt: 3)")
     max_instruction_chars: int = Field(500, ge=20)
     max_input_chars: int = Field(500, ge=1)
+    small_model_guards: bool = guards_field()
     instruction_filter: FilterConfig = Field(SELF_INSTRUCT_FILTER, description="Self-Instruct's heuristics and "
                                              "ROUGE-L novelty (< 0.7 against the seed tasks and kept instructions)")
     assessment: AssessmentConfig = AssessmentConfig()
@@ -598,7 +609,8 @@ class RefedConfig(Strict):
     feedback: Literal["reference", "instruction_only", "sample"] = Field(
         "reference", description="reference: the reference's response feedback improves every answer (paper); the "
         "paper's ablations: instruction_only (no improvement step) and sample (feedback written on each answer)")
-    max_list_items: int = Field(5, ge=1, description="feedback list items kept (subject areas, skills, strengths, improvements)")
+    max_list_items: int | None = Field(5, ge=1, description="feedback list items kept (subject areas, skills, "
+                                       "strengths, improvements): a small-model guard, the paper caps none; None: all")
     max_instruction_chars: int = Field(1500, ge=10, description="longer generated instructions are dropped")
     diversity_filter: FilterConfig | None = Field(
         None, description="ROUGE-L diversity selection over new instructions, e.g. {rouge_l_max: 0.7}; None: off")

@@ -52,3 +52,30 @@ def test_a_stage_generates_with_the_plain_format(local_ray, tmp_path: Path):
         assert len(rows) == 2 and rows["response"].astype(str).str.len().sum() > 0
         lengths[fmt] = sorted(rows["tokens_in"].tolist())
     assert lengths["chat"] != lengths["plain"]
+
+
+@pytest.mark.slow
+def test_unguarded_patterns_compile_and_generate(local_ray, tmp_path: Path):
+    """Condor's marker-only patterns (`small_model_guards: false`: long alternations spelling "any text
+    but the end marker") compile in vLLM's structured-output backend and generate: a row may be
+    rejected for its own reply, never for the grammar or the engine."""
+    from raysynth.config import CondorConfig, EngineConfig
+    from raysynth.pipeline import Lineage, release_engines, run_llm_stage, write_source_stage
+    from raysynth.steps.condor import condor_steps
+    from raysynth.store import RunDir
+
+    short = {"max_tokens": 96, "temperature": 0}
+    steps = condor_steps(CondorConfig(small_model_guards=False,
+                                      steps={"question": short, "critique": short, "refine": short}))
+    row = {"domain": "Mathematics", "tag": "prime numbers", "task_type": "Domain QA", "task_description": "expert QA",
+           "examples": ["Explain tides."], "question": "What is a prime number?", "answer": "A number with two divisors.",
+           "strength": "short", "weakness": "no example", "suggestion": "give 7 as an example"}
+    run, lineage = RunDir(tmp_path / "run"), Lineage("test", 1, "smollm2-135m")
+    source = write_source_stage(run, 1, "rows", [row], {"n": 1}, lineage)
+    for name in ("question", "critique", "refine"):
+        stage = run_llm_stage(run, 1, steps[name], source, EngineConfig(batch_size=1), resolve_model("smollm2-135m"),
+                              lineage)
+        manifest = stage.manifest()
+        assert manifest["rows_in"] == 1 and manifest["tokens_out"] > 0, (name, manifest)
+        assert not [r for r in manifest["rejected"] if r.startswith(("generation_error", "engine", "prompt"))], manifest
+    release_engines()

@@ -9,6 +9,7 @@ from typing import Any
 
 from raysynth.config import CondorConfig
 from raysynth.steps import LLMStep, Messages, Rejection
+from raysynth.steps.patterns import text_without
 
 RECIPE = "condor"
 
@@ -65,7 +66,10 @@ def build_question(row: dict[str, Any], template: str) -> Messages:
         task_description=row.get("task_description", ""), examples=block)}]
 
 
-def question_regex(difficulties: list[str], max_chars: int) -> str:
+def question_regex(difficulties: list[str], max_chars: int, guards: bool = True) -> str:
+    if not guards:  # only the markers: any question between them (material, lines, brackets, any script)
+        body = text_without("[Question End]")
+        return r"\s*".join(rf"\[{re.escape(d)}\]\[Question Start\]{body}\[Question End\]" for d in difficulties)
     # Starts like a sentence and has a space early on. Not with "Q": without a worked example in the
     # prompt (one made every question about its theme), SmolLM2 mostly copied the format's placeholder
     # as "Question 1: ..."; excluding the letter costs the rare real question that starts with Q.
@@ -106,12 +110,16 @@ def build_critique(row: dict[str, Any], template: str) -> Messages:
     return [{"role": "user", "content": template.format(question=row["question"], answer=row["answer"])}]
 
 
-def critique_regex(max_chars: int) -> str:
-    # Sections may span lines and hold numbered points; no brackets inside, so that the grammar can
-    # tell a section's end marker from its text (a bound for structured mode, not for the parser).
-    body = rf"[^\[\]]{{10,{max_chars}}}"
-    sections = r"\n".join(rf"\[{name} Start\]{body}\[{name} End\]" for name in ("Strength", "Weakness", "Suggestion"))
-    return rf"\[Critique Start\]\n{sections}\n\[Critique End\]"
+def critique_regex(max_chars: int, guards: bool = True) -> str:
+    # With the guards, no brackets inside a section (so that a small model's grammar ends it at its
+    # marker) and a length cap; without, any text up to the section's end marker.
+    def body(name: str) -> str:
+        return rf"[^\[\]]{{10,{max_chars}}}" if guards else text_without(f"[{name} End]")
+
+    separator = r"\n" if guards else r"\s*"
+    sections = separator.join(rf"\[{name} Start\]{body(name)}\[{name} End\]"
+                              for name in ("Strength", "Weakness", "Suggestion"))
+    return rf"\[Critique Start\]{separator}{sections}{separator}\[Critique End\]"
 
 
 def parse_critique(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -147,7 +155,9 @@ def build_refine(row: dict[str, Any], template: str) -> Messages:
         weakness=row["weakness"], suggestion=row["suggestion"])}]
 
 
-def refine_regex(max_chars: int) -> str:
+def refine_regex(max_chars: int, guards: bool = True) -> str:
+    if not guards:
+        return rf"\[Improved Answer Start\]{text_without('[Improved Answer End]')}\[Improved Answer End\]"
     return rf"\[Improved Answer Start\][A-Za-z0-9][^\[\] ]{{0,30}} [^\[\]]{{20,{max_chars}}}\[Improved Answer End\]"
 
 
@@ -177,11 +187,11 @@ def condor_steps(cfg: CondorConfig) -> dict[str, LLMStep]:
         "grow_tags": LLMStep("grow-tags", RECIPE, "grow_tags", build_grow, parse_grow_tags, steps.grow_tags,
                              regex=grow_tags_regex(max(cfg.grow_tags, 1)), params={"count": cfg.grow_tags}),
         "question": LLMStep("question", RECIPE, "question", build_question, parse_q, steps.question,
-                            regex=question_regex(difficulties, cfg.max_question_chars),
+                            regex=question_regex(difficulties, cfg.max_question_chars, cfg.small_model_guards),
                             params={"difficulties": difficulties}),
         "answer": LLMStep("answer", RECIPE, "answer", build_answer, parse_answer, steps.answer),
         "critique": LLMStep("critique", RECIPE, "critique", build_critique, parse_critique, steps.critique,
-                            regex=critique_regex(cfg.max_section_chars)),
+                            regex=critique_regex(cfg.max_section_chars, cfg.small_model_guards)),
         "refine": LLMStep("refine", RECIPE, "refine", build_refine, parse_refine, steps.refine,
-                          regex=refine_regex(cfg.max_answer_chars)),
+                          regex=refine_regex(cfg.max_answer_chars, cfg.small_model_guards)),
     }

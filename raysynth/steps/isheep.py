@@ -22,6 +22,7 @@ from typing import Any
 from raysynth.config import AssessmentConfig, ISheepConfig
 from raysynth.steps import PACKAGE_DIR, LLMStep, Messages, Rejection, text_hash
 from raysynth.steps.eval import respond_step
+from raysynth.steps.patterns import text_without
 
 RECIPE = "isheep"
 GUIDANCE_DIR = PACKAGE_DIR / "prompts" / RECIPE / "guidance"
@@ -58,7 +59,9 @@ def build_generate(row: dict[str, Any], template: str) -> Messages:
     return [{"role": "user", "content": template.format(examples=format_examples(json.loads(row["examples"])))}]
 
 
-def generate_regex(max_instruction_chars: int, max_input_chars: int) -> str:
+def generate_regex(max_instruction_chars: int, max_input_chars: int, guards: bool = True) -> str:
+    if not guards:  # the two labels only: an instruction of any lines, then any input
+        return rf"Instruction: {text_without(chr(10) + 'Input:')}\nInput: (?:[^\n]|\n)+"
     return rf"Instruction: [A-Za-z0-9][^\n]{{9,{max_instruction_chars - 1}}}\nInput: [^\n]{{1,{max_input_chars}}}"
 
 
@@ -145,7 +148,7 @@ def isheep_steps(cfg: ISheepConfig) -> dict[str, LLMStep]:
     return {
         "generate": LLMStep("instructions", RECIPE, "generate_instruction", build_generate,
                             lambda reply, row: parse_generated(reply, row, *chars), cfg.steps.generate,
-                            regex=generate_regex(*chars), params={"chars": list(chars)}),
+                            regex=generate_regex(*chars, cfg.small_model_guards), params={"chars": list(chars)}),
         # The model answers zero-shot, as a user would ask: the evaluation's step under another name.
         "answer": replace(respond_step(cfg.steps.answer), name="answer"),
         "assess": LLMStep("assess", RECIPE, "assess",

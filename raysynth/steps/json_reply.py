@@ -27,15 +27,20 @@ def parse_json_reply(text: str, required: tuple[str, ...]) -> tuple[dict[str, An
     return value, repaired
 
 
-def string_list(value: Any, limit: int) -> list[str]:
-    """A JSON list of short strings (or one string) as a clean list of at most `limit` items."""
+def string_list(value: Any, limit: int | None = None) -> list[str]:
+    """A JSON list of strings (or one string) as a clean list of at most `limit` items (None: all)."""
     items = value if isinstance(value, list) else [value]
     cleaned = [str(item).strip() for item in items if isinstance(item, (str, int, float)) and str(item).strip()]
     return cleaned[:limit]
 
 
-def list_schema(*keys: str, max_items: int) -> dict[str, Any]:
-    """vLLM structured-output schema: an object of non-empty string lists."""
+def list_schema(*keys: str, max_items: int | None) -> dict[str, Any]:
+    """vLLM structured-output schema: an object of non-empty string lists, each of at most
+    `max_items` strings of at most 200 characters when `max_items` is set (a small-model guard)."""
+    if max_items is None:
+        array = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 2}}
+    else:
+        array = {"type": "array", "minItems": 1, "maxItems": max_items,
+                 "items": {"type": "string", "minLength": 2, "maxLength": 200}}
     return {"type": "object", "required": list(keys), "additionalProperties": False,
-            "properties": {k: {"type": "array", "minItems": 1, "maxItems": max_items,
-                               "items": {"type": "string", "minLength": 2, "maxLength": 200}} for k in keys}}
+            "properties": {k: array for k in keys}}

@@ -52,7 +52,7 @@ def build_instruction_feedback(row: dict[str, Any], template: str) -> Messages:
     return [{"role": "user", "content": template.format(prompt=row["ref_prompt"])}]
 
 
-def parse_instruction_feedback(text: str, row: dict[str, Any], max_items: int) -> list[dict[str, Any]]:
+def parse_instruction_feedback(text: str, row: dict[str, Any], max_items: int | None) -> list[dict[str, Any]]:
     value, repaired = parse_json_reply(text, ("subject_areas", "skills"))
     areas, skills = string_list(value["subject_areas"], max_items), string_list(value["skills"], max_items)
     if not areas or not skills:
@@ -64,7 +64,7 @@ def build_response_feedback(row: dict[str, Any], template: str, prompt_column: s
     return [{"role": "user", "content": template.format(prompt=row[prompt_column], response=row[response_column])}]
 
 
-def parse_response_feedback(text: str, row: dict[str, Any], max_items: int) -> list[dict[str, Any]]:
+def parse_response_feedback(text: str, row: dict[str, Any], max_items: int | None) -> list[dict[str, Any]]:
     value, repaired = parse_json_reply(text, ("strengths", "improvements"))
     strengths, improvements = string_list(value["strengths"], max_items), string_list(value["improvements"], max_items)
     if not strengths or not improvements:
@@ -91,7 +91,7 @@ def parse_generated_instructions(text: str, row: dict[str, Any], max_chars: int)
     reference and repeats (ignoring case and spacing) left out, and the last one of a reply cut short
     (it is cut too); none left is a rejection."""
     value, repaired = parse_json_reply(text, ("instructions",))
-    items = string_list(value["instructions"], 10**6)
+    items = string_list(value["instructions"])
     if repaired and not text.rstrip().endswith(("]", "}")):
         items = items[:-1]
     seen = {" ".join(str(row["ref_prompt"]).lower().split())}

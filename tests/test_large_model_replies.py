@@ -1,0 +1,89 @@
+"""Replies shaped like a 7B model's (questions that carry material over several lines, Chinese
+questions, answers with brackets and code blocks, critiques with numbered points, REFED lists of
+ten): every one parses, and with `small_model_guards: false` every one also passes the step's
+structured-output pattern, so the constraint never distorts such data. With the guards on, the
+same replies are refused by the patterns: the guards are for the 135M model."""
+
+import json
+import re
+
+from raysynth.config import CondorConfig, ISheepConfig, RefedConfig
+from raysynth.steps.condor import condor_steps, parse_critique, parse_questions, parse_refine
+from raysynth.steps.isheep import isheep_steps, parse_generated
+from raysynth.steps.refed import parse_generated_instructions, parse_response_feedback, refed_steps
+
+QUESTIONS = """[Easy][Question Start]阅读下面的材料并回答问题：
+"光合作用把光能转化为化学能。"
+这句话中的"化学能"储存在哪里？[Question End]
+
+[Medium][Question Start]Read the following passage:
+
+> The committee [of five members] met twice in 2019.
+
+Summarise it in one sentence, then say what "[of five members]" adds.[Question End]
+
+[Hard][Question Start]Given the table below, explain the trend and predict 2024:
+| year | sales |
+|------|-------|
+| 2022 | 10    |
+| 2023 | 14    |[Question End]"""
+
+CRITIQUE = """[Critique Start]
+[Strength Start]Strengths:
+1. Correct definition [see the first paragraph].
+2. A worked example.[Strength End]
+[Weakness Start]Weaknesses:
+1. The code sample has an off-by-one error in `xs[len(xs)]`.[Weakness End]
+[Suggestion Start]Suggestions:
+1. Use `xs[-1]`.
+2. Add a test.[Suggestion End]
+[Critique End]"""
+
+REFINED = """[Improved Answer Start]Here is the corrected function:
+
+```python
+def last(xs: list[int]) -> int:
+    return xs[-1]  # not xs[len(xs)]
+```
+
+It returns the last element of `[1, 2, 3]`, which is 3.[Improved Answer End]"""
+
+ISHEEP_TASK = """Instruction: Convert the table below to JSON, keeping the column names.
+Use [] for empty cells.
+Input: | name | age |
+|------|-----|
+| Ana  | 31  |
+| Bo   |     |"""
+
+
+def passes(pattern: str, text: str) -> bool:
+    return re.fullmatch(pattern, text) is not None
+
+
+def test_condor_replies_parse_and_pass_the_unguarded_patterns():
+    free, guarded = (condor_steps(CondorConfig(small_model_guards=g)) for g in (False, True))
+    questions = parse_questions(QUESTIONS, {}, ["Easy", "Medium", "Hard"])
+    assert questions[0]["question"].startswith("阅读") and "| 2023 | 14    |" in questions[2]["question"]
+    assert "Weaknesses:\n1. The code sample" in parse_critique(CRITIQUE, {})[0]["weakness"]
+    assert parse_refine(REFINED, {"answer": "old"})[0]["answer"].endswith("which is 3.")
+    for name, reply in (("question", QUESTIONS), ("critique", CRITIQUE), ("refine", REFINED)):
+        assert passes(free[name].regex, reply), name
+        assert not passes(guarded[name].regex, reply), name
+
+
+def test_isheep_task_with_a_multi_line_input_parses_and_passes():
+    [task] = parse_generated(ISHEEP_TASK, {}, 500, 500)
+    assert task["instruction"].endswith("Use [] for empty cells.") and task["input"].count("\n") == 3
+    assert passes(isheep_steps(ISheepConfig(small_model_guards=False))["generate"].regex, ISHEEP_TASK)
+    assert not passes(isheep_steps(ISheepConfig())["generate"].regex, ISHEEP_TASK)
+
+
+def test_refed_lists_of_ten_parse_whole_without_the_list_cap():
+    reference = {"ref_prompt": "Give three tips for staying healthy."}
+    ten = [f"Describe step {k} of brewing tea [with the water temperature] for a beginner." for k in range(1, 11)]
+    assert len(parse_generated_instructions(json.dumps({"instructions": ten}), reference, 1500)) == 10
+    feedback = json.dumps({"strengths": [f"point {k}" for k in range(10)], "improvements": ["a", "b"]})
+    assert len(parse_response_feedback(feedback, {}, None)[0]["strengths"]) == 10
+    schema = refed_steps(RefedConfig(max_list_items=None))["reference_feedback"].json_schema
+    assert "maxItems" not in schema["properties"]["strengths"]
+    assert refed_steps(RefedConfig())["reference_feedback"].json_schema["properties"]["strengths"]["maxItems"] == 5
