@@ -171,8 +171,26 @@ def _task_types(value: Any) -> Any:
     return value
 
 
+class TagTreeConfig(Strict):
+    """Condor's knowledge tree built by the model, as the paper does: root domains first, then each
+    node's sub-topics returned as a list, level by level; the last level's topics are the leaf tags.
+    The paper's tree is bilingual (4,249 Chinese and 4,296 English tags): one tree per language."""
+
+    roots: list[str] | None = Field(None, description="the root domains; None: the model lists `root_count` "
+                                    "per language")
+    root_count: int = Field(10, ge=1, description="root domains asked for per language, when `roots` is None")
+    children: int = Field(8, ge=1, description="sub-topics asked for per node")
+    depth: int = Field(2, ge=1, description="levels below the roots; the deepest level's topics are the tags")
+    languages: list[str] = Field(default_factory=lambda: ["English"], min_length=1,
+                                 description="a tree per language, its questions asked for in that language "
+                                 "(the paper: [Chinese, English])")
+    sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=512)
+
+
 class CondorConfig(Strict):
     tag_tree: ExistingFile | None = Field(None, description="JSON tag tree; None: the tree shipped with raysynth")
+    build_tree: TagTreeConfig | None = Field(None, description="build the tree with the model instead of reading "
+                                             "`tag_tree` (the paper's way); None: read it")
     grow_tags: int = Field(0, ge=0, description="optional tree growth: ask the model for this many new "
                            "leaf tags per branch before synthesis; 0: off (use the tree as given)")
     max_tags: int | None = Field(None, ge=1, description="sample this many leaf tags (seeded, after "

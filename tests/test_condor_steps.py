@@ -149,3 +149,35 @@ def test_grow_tags_parse_and_merge():
     grown = add_grown_tags(tree, [{"path": ["Physics", "Optics"], "new_tags": new}])
     assert ("Physics", "Optics", "Laser cooling") in leaf_tags(grown) and tree["Physics"]["Optics"] == ["lenses"]
     assert re.fullmatch(grow_tags_regex(2), "- Fiber optics\n- Laser cooling\n")
+
+
+def test_tree_topics_prompt_parse_and_assembly():
+    from raysynth.config import SamplingConfig
+    from raysynth.recipes.condor import tree_from_leaves
+    from raysynth.steps.condor import parse_tree_topics, tree_step
+
+    step = tree_step("tree-level-1", 3, SamplingConfig())
+    root = step.build({"path": [], "language": "Chinese"}, step.template)[0]["content"]
+    assert "root domains" in root and "written in Chinese" in root and "List 3 distinct" in root
+    child = step.build({"path": ["Science", "Physics"], "language": "English"}, step.template)[0]["content"]
+    assert "Science > Physics" in child and 'sub-topics of "Physics"' in child
+    assert step.json_schema["properties"]["topics"]["maxItems"] == 3
+    reply = '{"topics": ["Optics", "optics", "Thermodynamics", "Quantum mechanics", "Acoustics"]}'
+    rows = parse_tree_topics(reply, {"path": ["Science", "Physics"], "language": "English"}, 3)
+    assert [r["path"][-1] for r in rows] == ["Optics", "Thermodynamics", "Quantum mechanics"]
+    assert rows[0] == {"path": ["Science", "Physics", "Optics"], "language": "English"}
+    with pytest.raises(Rejection):
+        parse_tree_topics('{"topics": []}', {"path": [], "language": "English"}, 3)
+
+    leaves = [{"path": ["科学", "物理", "光学"], "language": "Chinese"}, {"path": ["Science", "Physics", "Optics"],
+                                                                      "language": "English"},
+              {"path": ["Science", "Physics", "Acoustics"], "language": "English"}]
+    tree, languages = tree_from_leaves(leaves)
+    assert tree == {"Science": {"Physics": ["Acoustics", "Optics"]}, "科学": {"物理": ["光学"]}}
+    assert languages == {"Science > Physics > Acoustics": "English", "Science > Physics > Optics": "English",
+                         "科学 > 物理 > 光学": "Chinese"}
+    rows = tag_task_rows(tree, {"View": "v"}, None, 0, languages=languages)
+    assert {(r["tag"], r["language"]) for r in rows} == {("Acoustics", "English"), ("Optics", "English"),
+                                                         ("光学", "Chinese")}
+    question = condor_steps(CondorConfig())["question"]
+    assert "Write the Questions in Chinese." in question.build(rows[-1], question.template)[0]["content"]

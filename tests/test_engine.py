@@ -79,3 +79,25 @@ def test_unguarded_patterns_compile_and_generate(local_ray, tmp_path: Path):
         assert manifest["rows_in"] == 1 and manifest["tokens_out"] > 0, (name, manifest)
         assert not [r for r in manifest["rejected"] if r.startswith(("generation_error", "engine", "prompt"))], manifest
     release_engines()
+
+
+@pytest.mark.slow
+def test_condor_tree_is_built_by_the_model_in_two_languages(local_ray, tmp_path: Path):
+    """The paper's LLM-built tree on the real engine: given roots, one level of sub-topics listed by the
+    model per node and language; the tree holds each root's topics and each root's language."""
+    from raysynth.config import EngineConfig, TagTreeConfig
+    from raysynth.pipeline import Lineage, release_engines
+    from raysynth.recipes.condor import build_tag_tree, leaf_tags
+    from raysynth.store import RunDir
+
+    cfg = TagTreeConfig(roots=["Mathematics"], children=2, depth=1, languages=["English", "Chinese"],
+                        sampling={"temperature": 0, "max_tokens": 96})
+    run = RunDir(tmp_path / "run")
+    tree, languages = build_tag_tree(run, cfg, EngineConfig(batch_size=2), resolve_model("smollm2-135m"),
+                                     Lineage("condor", 0, "smollm2-135m"))
+    release_engines()
+    level = next(s for s in run.stages() if s.name.startswith("tree-level-1"))
+    assert level.manifest()["rows_in"] == 2  # one request per (root, language)
+    paths = leaf_tags(tree)
+    assert paths and all(len(p) == 2 and p[0] == "Mathematics" for p in paths) and len(paths) <= 4
+    assert set(languages) == {" > ".join(p) for p in paths} and set(languages.values()) <= {"English", "Chinese"}

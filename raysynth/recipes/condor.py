@@ -1,6 +1,7 @@
 """Condor (arXiv 2501.12273), Condor Void then Condor Refine:
 
-  world knowledge tree [--(optional: new leaf tags per branch)-->] --(leaf tag x 7 task types)-->
+  world knowledge tree (a file, or built by the model: roots, then sub-topic lists level by level,
+  a tree per language) [--(optional: new leaf tags per branch)-->] --(leaf tag x 7 task types)-->
   one call per (tag, task):
   Easy / Medium / Hard questions --> answers --> [critique (Strength / Weakness / Suggestion)
   --> refined answer] x refine_rounds --> SFT dataset (chat messages)
@@ -18,14 +19,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from raysynth.config import CondorRun
+from raysynth.config import CondorRun, EngineConfig, TagTreeConfig
 from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.registry import register_model
 from raysynth.steps import PACKAGE_DIR
-from raysynth.steps.condor import condor_steps
+from raysynth.steps.condor import condor_steps, tree_step
 from raysynth.store import RunDir, stable_hash
 from raysynth.train import train_model
 
@@ -82,11 +83,47 @@ def example_questions(path: Path | None) -> list[str]:
     return [str(json.loads(line)["instruction"]) for line in lines if line.strip()]
 
 
+def build_tag_tree(run_dir: RunDir, cfg: TagTreeConfig, engine: EngineConfig, model_dir: str,
+                   lineage: Lineage) -> tuple[dict[str, Any], dict[str, str]]:
+    """The paper's LLM-built tree: root domains (given, or listed by the model per language), then each
+    node's sub-topics as a list, `depth` levels down. Returns the tree (leaf lists hold the deepest
+    topics) and each leaf's language by tag path."""
+    if cfg.roots:
+        rows = [{"path": [root], "language": language} for language in cfg.languages for root in cfg.roots]
+        nodes = write_source_stage(run_dir, 0, "tree-roots", rows, {"rows": stable_hash(rows)}, lineage)
+    else:
+        rows = [{"path": [], "language": language} for language in cfg.languages]
+        requests = write_source_stage(run_dir, 0, "tree-requests", rows, {"rows": stable_hash(rows)}, lineage)
+        nodes = run_llm_stage(run_dir, 0, tree_step("tree-roots", cfg.root_count, cfg.sampling), requests, engine,
+                              model_dir, lineage)
+    for level in range(1, cfg.depth + 1):
+        nodes = run_llm_stage(run_dir, 0, tree_step(f"tree-level-{level}", cfg.children, cfg.sampling), nodes,
+                              engine, model_dir, lineage)
+    return tree_from_leaves(nodes.read(["path", "language"]).to_dict("records") if nodes.rows_out() else [])
+
+
+def tree_from_leaves(leaves: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Root-to-leaf paths (at least two parts each) as the tree `leaf_tags` reads, and each leaf's
+    language by tag path (the same root asked in two languages holds both languages' topics)."""
+    tree: dict[str, Any] = {}
+    languages: dict[str, str] = {}
+    for leaf in sorted(leaves, key=lambda r: [str(p) for p in r["path"]]):
+        path = [str(p) for p in leaf["path"]]
+        node = tree
+        for part in path[:-2]:
+            node = node.setdefault(part, {})
+        node.setdefault(path[-2], []).append(path[-1])
+        languages[" > ".join(path)] = str(leaf["language"])
+    return tree, languages
+
+
 def tag_task_rows(tree: dict[str, Any], task_types: dict[str, str], max_tags: int | None, seed: int,
-                  examples: list[str] = (), per_prompt: int = 0) -> list[dict[str, Any]]:
+                  examples: list[str] = (), per_prompt: int = 0,
+                  languages: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per (leaf tag, task type), with `per_prompt` example questions drawn for that row
     (seeded by it): the paper shows examples per domain; a fresh draw per row from a general pool keeps
-    any one example's theme from leaking into every question."""
+    any one example's theme from leaking into every question. `languages`: each tag path's language
+    (the questions are asked for in it; default English)."""
     tags = leaf_tags(tree)
     if max_tags is not None and max_tags < len(tags):
         tags = sorted(random.Random(seed).sample(tags, max_tags))
@@ -96,7 +133,8 @@ def tag_task_rows(tree: dict[str, Any], task_types: dict[str, str], max_tags: in
             tag_path = " > ".join(path)
             drawn = random.Random(f"{seed}:{tag_path}:{task}").sample(list(examples), min(per_prompt, len(examples)))
             rows.append({"domain": path[0], "tag_path": tag_path, "tag": path[-1], "task_type": task,
-                         "task_description": description, "examples": drawn})
+                         "task_description": description, "examples": drawn,
+                         "language": (languages or {}).get(tag_path, "English")})
     return rows
 
 
@@ -106,7 +144,10 @@ def run(cfg: CondorRun) -> dict[str, Any]:
     lineage = Lineage(RECIPE, 0, cfg.engine.model)
     steps = condor_steps(cfg.condor)
 
-    tree = load_tag_tree(cfg.condor.tag_tree)
+    if cfg.condor.build_tree is not None:
+        tree, languages = build_tag_tree(run_dir, cfg.condor.build_tree, cfg.engine, model_dir, lineage)
+    else:
+        tree, languages = load_tag_tree(cfg.condor.tag_tree), {}
     if cfg.condor.grow_tags:
         branches = write_source_stage(run_dir, 0, "branches", branch_rows(tree), {"tree": stable_hash(tree)},
                                       lineage)
@@ -114,7 +155,7 @@ def run(cfg: CondorRun) -> dict[str, Any]:
         tree = add_grown_tags(tree, grown.read(["path", "new_tags"]).to_dict("records"))
     examples = example_questions(cfg.condor.example_questions) if cfg.condor.examples_per_prompt else []
     rows = tag_task_rows(tree, cfg.condor.task_types, cfg.condor.max_tags, cfg.seed, examples,
-                         cfg.condor.examples_per_prompt)
+                         cfg.condor.examples_per_prompt, languages)
     tags = write_source_stage(run_dir, 0, "tags", rows, {"rows": stable_hash(rows)}, lineage)
 
     questions = run_llm_stage(run_dir, 0, steps["question"], tags, cfg.engine, model_dir, lineage)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from raysynth.config import CondorConfig
+from raysynth.config import CondorConfig, SamplingConfig
 from raysynth.steps import LLMStep, Messages, Rejection
+from raysynth.steps.json_reply import parse_json_reply, string_list
 from raysynth.steps.patterns import text_without
 
 RECIPE = "condor"
@@ -55,6 +56,47 @@ def parse_grow_tags(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"new_tags": tags}]
 
 
+# --- the knowledge tree built by the model (optional): a list of topics per node ---------------
+
+TOPIC_MAX_CHARS = 80
+
+
+def build_tree_topics(row: dict[str, Any], template: str, count: int) -> Messages:
+    path = [str(p) for p in row["path"]]
+    if path:
+        place, kind, scope = (f"Path in the tree: {' > '.join(path)}", f'sub-topics of "{path[-1]}"',
+                              f', each within "{path[-1]}"')
+    else:
+        place, kind, scope = "The tree's top level: broad domains of knowledge and activity.", "root domains", ""
+    return [{"role": "user", "content": template.format(place=place, count=count, kind=kind, scope=scope,
+                                                        language=row["language"])}]
+
+
+def tree_topics_schema(count: int) -> dict[str, Any]:
+    return {"type": "object", "required": ["topics"], "additionalProperties": False,
+            "properties": {"topics": {"type": "array", "minItems": 1, "maxItems": count,
+                                      "items": {"type": "string", "minLength": 2, "maxLength": TOPIC_MAX_CHARS}}}}
+
+
+def parse_tree_topics(text: str, row: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """A row per distinct topic (at most `count`), its path the node's path and the topic."""
+    value, _ = parse_json_reply(text, ("topics",))
+    path, seen, rows = [str(p) for p in row["path"]], set(), []
+    for topic in string_list(value["topics"]):
+        if topic.lower() not in seen and len(topic) <= TOPIC_MAX_CHARS:
+            seen.add(topic.lower())
+            rows.append({"path": path + [topic], "language": row["language"]})
+    if not rows:
+        raise Rejection("unusable_json", "no topic")
+    return rows[:count]
+
+
+def tree_step(name: str, count: int, sampling: SamplingConfig) -> LLMStep:
+    return LLMStep(name, RECIPE, "tree_topics", lambda row, template: build_tree_topics(row, template, count),
+                   lambda text, row: parse_tree_topics(text, row, count), sampling,
+                   json_schema=tree_topics_schema(count), params={"count": count})
+
+
 # --- question synthesis ----------------------------------------------------------------------
 
 def build_question(row: dict[str, Any], template: str) -> Messages:
@@ -63,7 +105,7 @@ def build_question(row: dict[str, Any], template: str) -> Messages:
              + "".join(f"- {e}\n" for e in examples)) if examples else ""
     return [{"role": "user", "content": template.format(
         domain=row["domain"], theme=row["tag"], task_type=row["task_type"],
-        task_description=row.get("task_description", ""), examples=block)}]
+        task_description=row.get("task_description", ""), examples=block, language=row.get("language", "English"))}]
 
 
 def question_regex(difficulties: list[str], max_chars: int, guards: bool = True) -> str:
