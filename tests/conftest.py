@@ -45,7 +45,7 @@ engine:
   keep_alive: {keep_alive}
 condor:
   max_tags: 1
-  task_types: [knowledge question answering, creative writing]
+  task_types: [Domain QA, Creation]
   refine_rounds: {rounds}
   max_question_chars: 200
   max_section_chars: 100

@@ -129,8 +129,8 @@ def test_reward_model_scores_and_filters_count_reasons(local_ray, tmp_path):
 
     model_dir = build_tiny_reward_model(tmp_path / "rm", resolve_model("smollm2-135m"))
     assert ScorerConfig(kind="reward_model").threshold == 0.02 and ScorerConfig().threshold == 0.20
-    # A threshold no finite gap fails, so only the repetition filter drops: exactly the two rows with a
-    # looping response, on either side of the pair.
+    # A threshold no finite gap fails, so only the repetition filter drops: exactly the three rows with a
+    # looping response, on either side of the pair (the two added here and PAIRS' "cats cats ..." b side).
     scorer = ScorerConfig(kind="reward_model", model=str(model_dir), batch_size=2, concurrency=(2, 2),
                           num_cpus=0.5, max_length=128, gap_threshold=-1e9)
     rows = PAIRS + [{"prompt": "p", "a": "the same answer again " * 10, "b": "x"},
@@ -138,7 +138,8 @@ def test_reward_model_scores_and_filters_count_reasons(local_ray, tmp_path):
     stage, kept, rejected = score_through_stage(tmp_path, scorer, rows)
     manifest = stage.manifest()
     assert manifest["rows_in"] == len(rows)
-    assert manifest["rejected"] == {"repetition": 2} and manifest["rows_out"] == len(PAIRS)
+    assert manifest["rejected"] == {"repetition": 3} and manifest["rows_out"] == len(PAIRS) - 1
+    assert "cats cats" not in " ".join(kept["b"].astype(str))
     assert kept["score_gap"].map(math.isfinite).all()
     assert (kept["score_gap"] == kept["score_a"] - kept["score_b"]).all()
     assert kept["score_a"].nunique() > 1  # real scores, not a constant
