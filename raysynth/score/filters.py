@@ -105,24 +105,25 @@ def rouge_novelty_reasons(texts: Iterable[str], threshold: float = 0.7, screen_j
     index = MinHashLSH(threshold=screen_jaccard, num_perm=num_perm)
     pool: list[str] = []
 
-    def add(text: str) -> None:
-        index.insert(str(len(pool)), _minhash(set(words(text)), num_perm))
+    def add(text: str, signature: MinHash) -> None:
+        index.insert(str(len(pool)), signature)
         pool.append(text)
 
     for text in kept:
-        add(text)
+        add(text, _minhash(set(words(text)), num_perm))
     reasons: list[str | None] = []
     for text in texts:
         if not words(text):
             reasons.append("empty")
             continue
-        candidates = index.query(_minhash(set(words(text)), num_perm))
+        signature = _minhash(set(words(text)), num_perm)
+        candidates = index.query(signature)
         best = max((scorer.score(pool[int(c)], text)["rougeL"].fmeasure for c in candidates), default=0.0)
         if best >= threshold:
             reasons.append("rouge_l_too_similar")
         else:
             reasons.append(None)
-            add(text)
+            add(text, signature)
     return reasons
 
 
