@@ -281,42 +281,38 @@ def _engine_class(engine: EngineConfig):
     return VLLMStage
 
 
-# The engine actors kept between stages, one model's at a time (one KV cache fills the share of RAM
-# or GPU memory given to it), are named Ray actors in this driver's own namespace: the registry is
-# Ray's, not a Python object. Every run object in a driver sees the same engines, so two can never
-# start a second set beside the first (waiting forever for its CPUs), and a new Ray has none, so no
-# stale handle survives a `ray.shutdown`. Other drivers' namespaces are not visible.
-ENGINE_NAME = "raysynth-engine"
+# The engine actors kept between stages: one model's at a time, as one KV cache fills the share of
+# RAM (CPU) or GPU memory given to it. Their handles live as long as the driver: an actor, named or
+# not, is destroyed with its last handle (tried: engines named in Ray's namespace instead died
+# between stages), and only a detached one outlives it, which a killed driver would leak.
+_kept_engines: dict[str, Any] = {}
 
 
-def kept_engine_names() -> list[str]:
-    """The names of this driver's kept engine actors (alive or restarting)."""
-    names = ray.util.list_named_actors() if ray.is_initialized() else []
-    return sorted(n for n in names if n.startswith(ENGINE_NAME + "-"))
+def _ray_instance() -> str:
+    """This driver's connection to Ray: after a `ray.shutdown` and a new `ray.init` the kept actors are
+    gone. The job id alone does not tell (each new local Ray numbers its first job 01000000); the
+    driver's node id is new with every Ray start."""
+    context = ray.get_runtime_context()
+    return f"{context.get_node_id()}/{context.get_job_id()}"
 
 
 def engine_actors(engine: EngineConfig, model_dir: str) -> list[Any]:
     """The running engine actors of `model_dir` with `engine`'s settings, started (and any others
-    stopped) when the model or settings changed since the last LLM stage, or one of them has used
-    up its restarts or does not answer within `engine.batch_timeout_s`."""
+    stopped) when the model or settings changed since the last LLM stage."""
     from raysynth.engine import VLLMEngine
 
     settings = engine.model_dump(mode="json", exclude={"batch_size", "keep_alive", "endpoint"})
-    key = stable_hash([model_dir, settings], 12)
-    names = [n for n in kept_engine_names() if n.startswith(f"{ENGINE_NAME}-{key}-")]
-    if len(names) == engine.concurrency[1]:
-        actors = [ray.get_actor(n) for n in names]
-        if _all_alive(actors, engine.batch_timeout_s):
-            return actors
-    release_engines()
-    # A dead actor is restarted (model loaded again); generate_on_engines redoes its batch. Each
-    # start has its own names: a killed actor's name may not be free yet.
-    started = f"{time.time_ns():x}"
-    actor = ray.remote(VLLMEngine)
-    return [actor.options(name=f"{ENGINE_NAME}-{key}-{started}-{i}", num_cpus=engine.num_cpus,
-                          num_gpus=engine.num_gpus, max_restarts=engine.max_restarts,
-                          max_task_retries=0).remote(engine, model_dir)
-            for i in range(engine.concurrency[1])]
+    key = stable_hash([_ray_instance(), model_dir, settings])
+    if _kept_engines.get("key") == key and not _all_alive(_kept_engines["actors"], engine.batch_timeout_s):
+        release_engines()  # one has used up its restarts (or hangs): start the model's engines afresh
+    if _kept_engines.get("key") != key:
+        release_engines()
+        # A dead actor is restarted (model loaded again); generate_on_engines redoes its batch.
+        actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
+                                               max_restarts=engine.max_restarts, max_task_retries=0)
+        _kept_engines.update(key=key, ray=_ray_instance(),
+                             actors=[actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])])
+    return _kept_engines["actors"]
 
 
 def wait_until_ready(actor: Any, timeout_s: float) -> None:
@@ -344,11 +340,10 @@ def _all_alive(actors: list[Any], timeout_s: float) -> bool:
 def release_engines() -> None:
     """Stop the kept engine actors, giving back their CPUs, GPUs and memory: called before work that
     needs them (training, reward-model scoring, self-statistics)."""
-    for name in kept_engine_names():
-        try:
-            ray.kill(ray.get_actor(name))
-        except ValueError:  # gone meanwhile
-            pass
+    if _kept_engines and ray.is_initialized() and _kept_engines["ray"] == _ray_instance():
+        for actor in _kept_engines["actors"]:
+            ray.kill(actor)
+    _kept_engines.clear()
 
 
 def generate_on_engines(batch: pd.DataFrame, actors: list[Any], engine: EngineConfig, sampling: SamplingConfig,
