@@ -51,6 +51,19 @@ class KillAtFirstCommit(threading.Thread):
             time.sleep(0.02)
 
 
+def wait_until_dead(actor, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.5)
+    raise AssertionError(f"the actor was not dead {timeout} s after ray.kill")
+
+
 def assert_same_commit(stage, reference) -> None:
     for ours, theirs in zip(kept_and_rejected(stage.path), kept_and_rejected(reference.path)):
         assert list(ours["id"]) == list(theirs["id"]), stage.name
@@ -84,12 +97,13 @@ def test_a_killed_engine_actor_is_restarted_and_its_batch_redone(local_ray, tmp_
     # release_engines stops them.
     first = [a._actor_id.hex() for a in engine_actors(engine, model_dir)]
     assert [a._actor_id.hex() for a in engine_actors(engine, model_dir)] == first
-    ray.kill(engine_actors(engine, model_dir)[0], no_restart=True)
+    killed = engine_actors(engine, model_dir)[0]
+    ray.kill(killed, no_restart=True)
+    wait_until_dead(killed)  # a call to an actor still being killed can wait for its death to register
     second = engine_actors(engine, model_dir)
     assert second[0]._actor_id.hex() != first[0] and ray.get(second[0].__ray_ready__.remote(), timeout=600)
     release_engines()
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(second[0].__ray_ready__.remote(), timeout=60)
+    wait_until_dead(second[0])
 
 
 def test_a_killed_scorer_actor_is_restarted_and_its_batch_redone(local_ray, tmp_path: Path):
