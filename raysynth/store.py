@@ -235,7 +235,7 @@ class StageDir:
                 (self.path / name).unlink(missing_ok=True)
         (self.path / MANIFEST).unlink(missing_ok=True)
         say(f"[redo] {self.path}: {len(damaged)} committed batch(es) damaged "
-              f"(e.g. {next(iter(damaged.values()))}); recomputing them")
+            f"(e.g. {next(iter(damaged.values()))}); recomputing them")
 
     def record_time(self, session: str, started: float) -> None:
         path = self.path / TIMES

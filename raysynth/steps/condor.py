@@ -9,7 +9,7 @@ from typing import Any
 
 from raysynth.config import CondorConfig, SamplingConfig
 from raysynth.steps import LLMStep, Messages, Rejection
-from raysynth.steps.json_reply import parse_json_reply, string_list
+from raysynth.steps.json_reply import object_schema, parse_json_reply, string_array, string_list
 from raysynth.steps.patterns import text_without
 
 RECIPE = "condor"
@@ -73,9 +73,7 @@ def build_tree_topics(row: dict[str, Any], template: str, count: int) -> Message
 
 
 def tree_topics_schema(count: int) -> dict[str, Any]:
-    return {"type": "object", "required": ["topics"], "additionalProperties": False,
-            "properties": {"topics": {"type": "array", "minItems": 1, "maxItems": count,
-                                      "items": {"type": "string", "minLength": 2, "maxLength": TOPIC_MAX_CHARS}}}}
+    return object_schema({"topics": string_array(2, TOPIC_MAX_CHARS, count, min_items=1)})
 
 
 def parse_tree_topics(text: str, row: dict[str, Any], count: int) -> list[dict[str, Any]]:

@@ -34,13 +34,22 @@ def string_list(value: Any, limit: int | None = None) -> list[str]:
     return cleaned[:limit]
 
 
+def object_schema(properties: dict[str, Any]) -> dict[str, Any]:
+    """vLLM structured-output schema: an object with exactly these properties, all required, in order."""
+    return {"type": "object", "required": list(properties), "additionalProperties": False, "properties": properties}
+
+
+def string_array(min_length: int, max_length: int | None = None, max_items: int | None = None,
+                 min_items: int | None = None) -> dict[str, Any]:
+    """Schema of a list of strings, each bound is left out when None."""
+    items = {"type": "string", "minLength": min_length, **({"maxLength": max_length} if max_length is not None else {})}
+    bounds = {**({"minItems": min_items} if min_items is not None else {}),
+              **({"maxItems": max_items} if max_items is not None else {})}
+    return {"type": "array", **bounds, "items": items}
+
+
 def list_schema(*keys: str, max_items: int | None) -> dict[str, Any]:
-    """vLLM structured-output schema: an object of non-empty string lists, each of at most
-    `max_items` strings of at most 200 characters when `max_items` is set (a small-model guard)."""
-    if max_items is None:
-        array = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 2}}
-    else:
-        array = {"type": "array", "minItems": 1, "maxItems": max_items,
-                 "items": {"type": "string", "minLength": 2, "maxLength": 200}}
-    return {"type": "object", "required": list(keys), "additionalProperties": False,
-            "properties": {k: array for k in keys}}
+    """An object of non-empty string lists, each of at most `max_items` strings of at most 200
+    characters when `max_items` is set (a small-model guard)."""
+    array = string_array(2, 200 if max_items is not None else None, max_items, min_items=1)
+    return object_schema({k: array for k in keys})

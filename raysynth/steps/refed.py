@@ -18,27 +18,20 @@ from typing import Any
 
 from raysynth.config import RefedConfig
 from raysynth.steps import PACKAGE_DIR, LLMStep, Messages, Rejection
-from raysynth.steps.json_reply import list_schema, parse_json_reply, string_list
+from raysynth.steps.json_reply import list_schema, object_schema, parse_json_reply, string_array, string_list
 
 RECIPE = "refed"
 FEATURES = {row["feature"]: row for row in map(json.loads, (PACKAGE_DIR / "prompts" / RECIPE / "features.jsonl")
                                                 .read_text().splitlines()) if row}
 
 
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": list(properties), "additionalProperties": False, "properties": properties}
-
-
-def _strings(max_items: int) -> dict[str, Any]:
-    return {"type": "array", "maxItems": max_items, "items": {"type": "string", "minLength": 1, "maxLength": 300}}
-
-
 # The authors' improvement record; lists bounded so that a reply leaves room for the response itself.
-IMPROVE_SCHEMA = _object({
-    "analysis": _object({"original_strengths": _strings(5), "improvement_opportunities": _strings(5),
-                         "relevant_feedback": _strings(5)}),
-    "implementation_strategy": _object({"planned_changes": _strings(5),
-                                        "rationale": {"type": "string", "maxLength": 600}}),
+_POINTS = string_array(1, 300, max_items=5)
+IMPROVE_SCHEMA = object_schema({
+    "analysis": object_schema({"original_strengths": _POINTS, "improvement_opportunities": _POINTS,
+                               "relevant_feedback": _POINTS}),
+    "implementation_strategy": object_schema({"planned_changes": _POINTS,
+                                              "rationale": {"type": "string", "maxLength": 600}}),
     "improved_response": {"type": "string", "minLength": 1}})
 
 
@@ -82,8 +75,7 @@ def build_generate(row: dict[str, Any], template: str, count: int) -> Messages:
 
 
 def generate_schema(count: int, max_chars: int) -> dict[str, Any]:
-    return _object({"instructions": {"type": "array", "minItems": 1, "maxItems": count,
-                                     "items": {"type": "string", "minLength": 10, "maxLength": max_chars}}})
+    return object_schema({"instructions": string_array(10, max_chars, count, min_items=1)})
 
 
 def parse_generated_instructions(text: str, row: dict[str, Any], max_chars: int) -> list[dict[str, Any]]:
