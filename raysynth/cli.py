@@ -94,8 +94,18 @@ def _run_holding_the_lock(cfg, lock) -> None:
     for step in result.get("iterations", []):
         typer.echo(f"iteration {step['iteration']}: " + ", ".join(f"{n} {what}" for what, n in step["funnel"].items())
                    + (f"; model {step['model']}" if step.get("model") else ""))
+        if step.get("verdict"):
+            typer.echo(f"  {step['verdict']}")
     if result.get("model"):
-        typer.echo(f"fine-tuned model (now the run's current model): {result['model']}")
+        typer.echo(f"fine-tuned model: {result['model']}" + (f"\n  {result['verdict']}" if result.get("verdict") else ""))
+    if result.get("stopped"):
+        typer.echo(result["stopped"])
+    from raysynth.registry import read_registry
+
+    champion = read_registry(cfg.run_dir).current_entry()
+    if champion is not None:
+        typer.echo(f"the run's champion (what raysynth serve --run-dir {cfg.run_dir} serves): {champion.name}; "
+                   f"every model and verdict: raysynth models list --run-dir {cfg.run_dir}")
     typer.echo(f"{time.time() - started:.0f} s; see it all with: raysynth report {cfg.run_dir}")
 
 
@@ -315,22 +325,81 @@ def swap(
     typer.echo(f"{run_dir / 'models.json'}: current -> {entry.name} ({entry.path})")
 
 
-models_app = typer.Typer(help="The models a run may serve (RUN_DIR/models.json): list them, register a directory.",
-                         no_args_is_help=True)
+models_app = typer.Typer(help="The models a run may serve (RUN_DIR/models.json): list them with their lineage, "
+                         "status and verdicts, register a directory.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
 @models_app.command("list")
 def models_list(run_dir: Path = typer.Option(..., "--run-dir", help="A run directory")) -> None:
-    """The run's registered models; * marks the current one."""
+    """Every model of the run: lineage (recipe, iteration, parent, training data, config hash), status
+    (champion, retired, rolled back, candidate, rejected), the promotion gate's reason with the
+    candidate's metrics against the champion it faced, and the champion timeline."""
+    from rich.console import Console
+    from rich.table import Table
+
     from raysynth.registry import read_registry
 
     registry = read_registry(run_dir)
     if not registry.models:
         typer.echo(f"{run_dir}: no registered models")
+        return
+    table = Table(title=f"models of {run_dir}", show_lines=True)
+    for column in ("model", "iteration", "status", "parent", "trained on", "config", "verdict"):
+        table.add_column(column, overflow="fold")
     for entry in registry.models.values():
-        mark = "*" if entry.name == registry.current else " "
-        typer.echo(f"{mark} {entry.name:<28} iteration {entry.iteration:<3} {entry.path}")
+        table.add_row(entry.name + (" *" if entry.name == registry.current else ""), str(entry.iteration),
+                      entry.status, Path(entry.parent).name if entry.parent else "",
+                      _short_path(entry.training_data, run_dir), entry.config_hash or "", entry.reason)
+    console = Console(width=200)
+    console.print(table)
+    timeline = Table(title="champion timeline")
+    for column in ("when", "model", "event", "why"):
+        timeline.add_column(column, overflow="fold")
+    for event in registry.timeline:
+        timeline.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at)), event.model, event.event,
+                         event.reason)
+    console.print(timeline)
+
+
+def _short_path(path: str | None, run_dir: Path) -> str:
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return path
+
+
+@app.command()
+def promote(
+    model: str = typer.Argument(..., help="A model registered in the run (raysynth models list --run-dir DIR)"),
+    run_dir: Path = typer.Option(..., "--run-dir", help="The run (a running `raysynth serve` on it switches)"),
+    reason: str = typer.Option("promoted by hand", help="Why, for the registry's timeline"),
+) -> None:
+    """Make MODEL the run's champion by hand, overriding the gate: the registry names it current and a
+    running server switches to it without dropping requests."""
+    from raysynth.registry import UnknownModel, make_current
+
+    with _exit_on_user_error(config_errors=(UnknownModel,)):
+        entry = make_current(run_dir, model, "promoted", reason)
+    typer.echo(f"{run_dir / 'models.json'}: champion -> {entry.name} ({entry.path})")
+
+
+@app.command()
+def rollback(
+    run_dir: Path = typer.Option(..., "--run-dir", help="The run (a running `raysynth serve` on it switches)"),
+    to: Optional[str] = typer.Option(None, "--to", help="Model to roll back to; default: the champion before "
+                                     "the current one"),
+    reason: str = typer.Option("rolled back by hand", help="Why, for the registry's timeline"),
+) -> None:
+    """Roll the run back to an earlier champion: the current one is marked rolled back, and a running
+    server switches to the earlier model without dropping requests."""
+    from raysynth.registry import UnknownModel, make_current
+
+    with _exit_on_user_error(config_errors=(UnknownModel,)):
+        entry = make_current(run_dir, to, "rolled back", reason)
+    typer.echo(f"{run_dir / 'models.json'}: champion -> {entry.name} ({entry.path}), rolled back")
 
 
 @models_app.command("add")

@@ -290,8 +290,9 @@ class EvalConfig(Strict):
     winrate_prompts: ExistingFile | None = Field(None, description="JSONL with a `prompt` (or `instruction`) "
                                          "field; None: the IFEval prompts, answers reused (held out from training)")
     judge: JudgeConfig = JudgeConfig()
-    judge_model: str | None = Field(None, description="local judge model (name, dir or hub id); None: "
-                                    "the model being evaluated judges itself")
+    judge_model: str | None = Field(None, description="local judge model (name, dir or hub id); None: a "
+                                    "model frozen for the whole run (a recipe's initial model; `raysynth "
+                                    "eval`: the baseline), never the model being evaluated")
     judge_endpoint: EndpointConfig | None = Field(None, description="judge through an OpenAI-compatible "
                                                   "endpoint instead of a local model")
     diversity_group: int = Field(20, ge=2, description="texts per group for distinct-n")
@@ -387,6 +388,33 @@ class ServeConfig(Strict):
                                  "two engines coexist during a switch, so keep gpu_memory_utilization <= 0.45")
 
 
+class PromotionConfig(Strict):
+    """The champion/challenger gate (raysynth/promotion.py). Iteration 0's model is the first champion;
+    each trained model is evaluated against the current champion (same prompts, paired) and promoted
+    (made the run's current model, which `raysynth serve` follows) only when every rule holds:
+
+    - the judged win rate's 95% interval lies above `min_winrate` (lower bound > it), and
+    - for each of `ifeval_metrics`, the paired difference's lower bound is >= -`max_ifeval_drop`.
+
+    A metric the evaluation lacks (e.g. `eval.winrate: false`) fails its rule. Without an `eval:`
+    section there is nothing to gate on, and every trained model is promoted, as in the papers' loops.
+    """
+
+    gate: bool = Field(True, description="False: promote every trained model (the papers' loops)")
+    min_winrate: float = Field(0.5, ge=0, lt=1, description="the win rate's lower bound must exceed this")
+    ifeval_metrics: list[Literal["prompt_strict", "prompt_loose"]] = Field(
+        ["prompt_strict", "prompt_loose"], description="IFEval metrics that must not drop")
+    max_ifeval_drop: float = Field(0.05, ge=0, le=1, description="tolerated drop at the paired "
+                                   "difference's lower bound (0.05: five points)")
+    next_policy: Literal["paper", "champion"] = Field("paper", description="which model the next iteration "
+                                                      "synthesizes with: the recipe's own chain (paper: the last "
+                                                      "trained model) or the champion")
+    patience: int | None = Field(None, ge=1, description="stop after this many iterations in a row "
+                                 "without a promotion; None: run every iteration")
+    max_minutes: float | None = Field(None, gt=0, description="stop before an iteration that would start "
+                                      "after this many minutes of the run's process; None: no limit")
+
+
 class RunHeader(Strict):
     """What every recipe's run config starts with; each recipe narrows `recipe` and sets its `run_dir`."""
 
@@ -400,6 +428,7 @@ class RunHeader(Strict):
     on_empty: Literal["stop", "continue"] = Field("stop", description="when a stage keeps no row of a non-empty "
                                                   "input, or an iteration has nothing to train on: stop with a "
                                                   "non-zero exit naming it (stop), or note it and go on (continue)")
+    promotion: PromotionConfig = PromotionConfig()
 
 
 def student_field(paper: str) -> Any:

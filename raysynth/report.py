@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from raysynth.config import saved_run_config  # noqa: E402
+from raysynth.registry import Registry, read_registry  # noqa: E402
 from raysynth.status import stage_rows, stage_state  # noqa: E402
 from raysynth.store import ITERATION_SUMMARY, RunDir, StageDir  # noqa: E402
 
@@ -48,7 +49,9 @@ def metric_rows(evals: list[dict[str, Any]]) -> pd.DataFrame:
     for result in evals:
         metrics = {f"ifeval {k.replace('_', ' ')}": v for k, v in result.get("ifeval", {}).items()}
         if "winrate" in result:
-            metrics["win rate vs iteration 0"] = result["winrate"]["win_rate"]
+            metrics["win rate vs champion"] = result["winrate"]["win_rate"]
+        for key, value in (result.get("paired") or {}).get("ifeval", {}).items():
+            metrics[f"ifeval {key.replace('_', ' ')} minus champion"] = value
         for key, value in result.get("diversity", {}).items():
             if isinstance(value, dict):
                 metrics[f"diversity {key.replace('_', ' ')}"] = value
@@ -197,6 +200,27 @@ def _table(frame: pd.DataFrame) -> str:
                          float_format=lambda v: f"{v:.3f}")
 
 
+def champion_frames(registry: Registry) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(timeline: which model was champion from when and why; candidates: each trained model against
+    the champion it faced, with the gate's verdict)."""
+    timeline = pd.DataFrame([{"when": pd.Timestamp(e.at, unit="s").strftime("%Y-%m-%d %H:%M:%S"), "model": e.model,
+                              "event": e.event, "why": e.reason} for e in registry.timeline],
+                            columns=["when", "model", "event", "why"])
+    rows = []
+    for entry in registry.models.values():
+        if entry.iteration == 0:
+            continue
+        versus = entry.versus or {}
+        win = (versus.get("winrate") or {})
+        ifeval = versus.get("ifeval") or {}
+        rows.append({"candidate": entry.name, "champion faced": versus.get("champion", ""),
+                     "win rate": _fmt(win["win_rate"]) if win.get("win_rate") else "",
+                     "W-T-L": f"{win['wins']}-{win['ties']}-{win['losses']}" if win else "",
+                     **{f"ifeval {k.replace('_', ' ')} diff": _fmt(v) for k, v in ifeval.items()},
+                     "status": entry.status})
+    return timeline, pd.DataFrame(rows)
+
+
 def _fmt(m: dict[str, Any]) -> str:
     return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}] (n={m['n']})"
 
@@ -234,6 +258,15 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
                              f"{html.escape(w['judge'])}, both orders)</p>")
     else:
         parts.append("<p class='muted'>No evaluation in this run (set an <code>eval:</code> section).</p>")
+    registry = read_registry(run.path)
+    if registry.timeline:
+        timeline, candidates = champion_frames(registry)
+        parts += ["<h2>Champion timeline</h2>",
+                  f"<p>Served now: <b>{html.escape(str(registry.current))}</b>. A trained model is promoted only "
+                  "when it beats the champion it faces (promotion gate, config <code>promotion:</code>).</p>",
+                  _table(timeline)]
+        if len(candidates):
+            parts += ["<p>Each candidate against its champion (paired, 95% intervals)</p>", _table(candidates)]
     if iterations:
         parts += ["<h2>Data per iteration (rows left after each step)</h2>", _table(funnel_frame(iterations))]
         rates = pd.DataFrame([{"iteration": step["iteration"], **step["rates"]} for step in iterations if step.get("rates")])
@@ -297,7 +330,13 @@ def summary_markdown(run: RunDir, recipe: str, evals: list[dict[str, Any]], stag
             lines.append(f"- IFEval {name.replace('_', ' ')}: {_fmt(m)}")
         if "winrate" in result:
             lines.append(f"- win rate vs `{result['winrate']['baseline']}`: {_fmt(result['winrate']['win_rate'])}")
+        for name, m in (result.get("paired") or {}).get("ifeval", {}).items():
+            lines.append(f"- IFEval {name.replace('_', ' ')} minus `{result['paired']['baseline']}` (paired): {_fmt(m)}")
         for name, m in result.get("diversity", {}).items():
             if isinstance(m, dict):
                 lines.append(f"- diversity {name.replace('_', ' ')}: {_fmt(m)}")
+    registry = read_registry(run.path)
+    if registry.timeline:
+        lines += ["", "## Champion timeline", ""]
+        lines += [f"- {e.model}: {e.event}" + (f" ({e.reason})" if e.reason else "") for e in registry.timeline]
     return "\n".join(lines) + "\n"

@@ -169,6 +169,36 @@ def assert_resume_matches_uninterrupted(run_dir: Path, config: Path, killed, scr
         pd.testing.assert_frame_equal(resumed, uninterrupted[resumed.columns], check_dtype=False)
 
 
+def check_verdicts(run_dir: Path, recipe: str, iterations: int, initial: str = "smollm2-135m"):
+    """Every trained iteration carries the promotion gate's verdict; each was evaluated against the
+    champion of its time (iteration 0's model first), judged by the frozen initial model, never by
+    itself; the run's current model is the last one promoted. Returns the registry."""
+    import json
+
+    from raysynth.registry import read_registry
+
+    registry = read_registry(run_dir)
+    champion, champion_model = f"{recipe}-iter-00", initial
+    assert registry.models[champion].iteration == 0
+    for t in range(1, iterations + 1):
+        entry = registry.models[f"{recipe}-iter-{t:02d}"]
+        assert Path(entry.path, "config.json").is_file() and entry.parent and entry.config_hash
+        assert entry.reason.startswith(("promoted", "rejected")), entry.reason
+        result = json.loads((run_dir / "eval" / f"iter-{t:02d}.json").read_text())
+        assert result["model"] == entry.path and result["paired"]["baseline"] == champion_model
+        for difference in result["paired"]["ifeval"].values():
+            assert difference["n"] == result["ifeval_prompts"] and -1 <= difference["low"] <= difference["high"] <= 1
+        if "winrate" in result:
+            assert result["winrate"]["baseline"] == champion_model and result["winrate"]["judge"] == initial
+            assert entry.versus["champion"] == champion
+        if entry.reason.startswith("promoted"):
+            champion, champion_model = entry.name, entry.path
+        else:
+            assert entry.status == "rejected"
+    assert registry.current == champion and registry.models[champion].status == "champion"
+    return registry
+
+
 @pytest.fixture(scope="session")
 def baseline_run(tmp_path_factory) -> Path:
     """One uninterrupted tiny Condor run on the real engine, shared by the end-to-end tests."""

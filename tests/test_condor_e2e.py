@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import (assert_resume_matches_uninterrupted, kill_driver_when, partly_committed, run_raysynth,
+from conftest import (assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, run_raysynth,
                       write_tiny_config)
 from raysynth.registry import read_registry
 from raysynth.store import RunDir
@@ -130,14 +130,13 @@ def test_sft_step_trains_and_registers_the_model(baseline_run: Path, tmp_path: P
                           *EVAL_SETTINGS)
     skipped = [line for line in result.stdout.splitlines() if line.startswith("[skip]")]
     assert sum("/eval-" not in line for line in skipped) == 4  # synthesis is reused; training and eval run
-    current = read_registry(copy).current_entry()
-    assert current.name == "condor-iter-01" and current.iteration == 1
-    model_dir = Path(current.path)
+    candidate = check_verdicts(copy, "condor", 1).models["condor-iter-01"]
+    model_dir = Path(candidate.path)
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer_config.json").is_file()
     done = json.loads((model_dir.parent / "_done.json").read_text())
     assert done["steps"] == 4 and done["last_loss"] is not None
-    assert "fine-tuned model" in result.stdout
-    check_evaluation(copy, current.path)
+    assert "fine-tuned model" in result.stdout and "[condor-iter-01] " in result.stdout
+    check_evaluation(copy, candidate.path)
 
 
 def test_a_student_other_than_the_synthesizer_is_trained(baseline_run: Path, tmp_path: Path):
@@ -164,7 +163,7 @@ def test_a_student_other_than_the_synthesizer_is_trained(baseline_run: Path, tmp
     assert identity["model"] == str(student)
 
 
-# Small enough for CI: 6 IFEval prompts, short greedy answers; the model judges itself.
+# Small enough for CI: 6 IFEval prompts, short greedy answers; the student before training judges.
 EVAL_SETTINGS = ("--set", "eval.limit=6", "--set", "eval.generation.max_tokens=48")
 
 
@@ -177,6 +176,7 @@ def check_evaluation(run_dir: Path, trained: str) -> None:
         for m in result["ifeval"].values():
             assert m["n"] == 6 and m["low"] <= m["value"] <= m["high"]
     winrate = after["winrate"]
+    assert winrate["judge"] == "smollm2-135m"  # the frozen student before training, not the candidate
     assert winrate["baseline"] == "smollm2-135m" and winrate["wins"] + winrate["ties"] + winrate["losses"] \
         + winrate["incomplete"] == 6 and winrate["win_rate"]["n"] == 6 - winrate["incomplete"]
     assert base["diversity"]["texts"] > 0 and 0 < base["diversity"]["distinct_1"]["value"] <= 1
@@ -188,7 +188,8 @@ def check_evaluation(run_dir: Path, trained: str) -> None:
     # The report: one self-contained page that a headless browser renders as more than a blank page.
     result = run_raysynth("report", str(run_dir))
     page = (run_dir / "report.html").read_text()
-    assert page.count("<img") >= 3 and "win rate vs iteration 0" in page and "before" in page
+    assert page.count("<img") >= 3 and "win rate vs champion" in page and "before" in page
+    assert "Champion timeline" in page and ">condor-iter-01<" in page
     assert "IFEval prompt strict" in (run_dir / "summary.md").read_text()
     assert_renders_not_blank(run_dir / "report.html", run_dir / "report.png")
 

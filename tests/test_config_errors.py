@@ -24,6 +24,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (GOOD + "  task_types: [coding]\n", "condor.task_types", "unknown task types"),
     (GOOD.replace("condor\n", "alchemy\n", 1), "recipe", "one of the recipes"),
     (GOOD + "engine:\n  concurrency: [3, 1]\n", "engine.concurrency", "min <= max"),
+    (GOOD + "promotion:\n  ifeval_metrics: [accuracy]\n", "promotion.ifeval_metrics.0", "prompt_strict"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, field: str, expected: str):
     run = tmp_path / "run"
@@ -57,7 +58,7 @@ def test_help_explains_commands():
     result = cli("--help")
     assert result.returncode == 0 and "run" in result.stdout and "status" in result.stdout
     assert "RAY_ADDRESS" in cli("run", "--help").stdout
-    for command in ("eval", "report", "serve", "swap", "models"):
+    for command in ("eval", "report", "serve", "swap", "models", "promote", "rollback"):
         assert command in result.stdout
     serve_help = cli("serve", "--help").stdout
     assert "RAYSYNTH_API_KEY" in serve_help and "RAYSYNTH_ADMIN_KEY" in serve_help
@@ -69,6 +70,8 @@ def test_help_explains_commands():
     (("serve", "--run-dir", "{tmp}", "--set", "port=99999"), "field 'port'"),
     (("serve", "--run-dir", "{tmp}", "--set", "replicas=2"), "field 'replicas': unknown key"),
     (("swap", "no-such-model", "--run-dir", "{tmp}"), "no-such-model"),
+    (("promote", "no-such-model", "--run-dir", "{tmp}"), "no-such-model"),
+    (("rollback", "--run-dir", "{tmp}"), "nothing to roll back to"),
 ])
 def test_eval_serve_swap_errors_are_one_line_exit_2(tmp_path: Path, args, expected):
     result = cli(*(a.format(tmp=tmp_path / "run") for a in args))

@@ -78,6 +78,7 @@ def test_distinct_and_near_duplicates():
 
 
 def test_report_from_eval_files_and_stages(tmp_path):
+    from raysynth.registry import record_decision, register_model
     from raysynth.report import build_report
 
     run = tmp_path / "run"
@@ -89,9 +90,19 @@ def test_report_from_eval_files_and_stages(tmp_path):
         if it:
             result["winrate"] = {"baseline": "m0", "win_rate": m, "judge": "m1", "wins": 3, "ties": 1,
                                  "losses": 2, "incomplete": 0}
+            result["paired"] = {"baseline": "m0", "ifeval": {"prompt_strict": m}}
         (run / "eval" / f"iter-{it:02d}.json").write_text(json.dumps(result))
+    register_model(run, "condor-iter-00", tmp_path / "m0", 0)
+    register_model(run, "condor-iter-01", tmp_path / "m1", 1, make_current=False)
+    record_decision(run, "condor-iter-01", False, "rejected: win rate too low",
+                    {"champion": "condor-iter-00", "winrate": result["winrate"], "ifeval": result["paired"]["ifeval"]})
     paths = build_report(run)
     page = paths["html"].read_text()
-    assert page.count("<img") == 1 and "win rate vs iteration 0" in page and "3 wins" in page
+    assert page.count("<img") == 1 and "win rate vs champion" in page and "3 wins" in page
+    assert "ifeval prompt strict minus champion" in page
+    assert "Champion timeline" in page and "Served now: <b>condor-iter-00</b>" in page
+    assert "rejected: win rate too low" in page and "3-1-2" in page
     summary = paths["markdown"].read_text()
+    assert "- condor-iter-01: rejected (rejected: win rate too low)" in summary
+    assert "IFEval prompt strict minus `m0` (paired): 0.300" in summary
     assert "IFEval prompt strict: 0.300 [0.250, 0.350] (n=100)" in summary

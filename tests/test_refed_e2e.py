@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import assert_resume_matches_uninterrupted, kill_driver_when, partly_committed, run_raysynth
+from conftest import assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, run_raysynth
 from raysynth.registry import read_registry
 from raysynth.store import RunDir
 
@@ -40,6 +40,7 @@ eval:
   limit: 4
   winrate: false
   generation: {{max_tokens: 48}}
+promotion: {{gate: false}}
 """
 
 
@@ -106,7 +107,9 @@ def test_synthesis_improves_judges_trains_and_evaluates(refed_run):
     sft = pd.read_json(run_dir / "iter-01" / "sft" / "sft.jsonl", lines=True)
     improved = [s for s in RunDir(run_dir).stages() if s.name.startswith("improve")][0].read(["improved"])
     assert set(sft["messages"].map(lambda m: m[1]["content"])) <= set(improved["improved"])
-    assert read_registry(run_dir).current == "refed-iter-01"
+    # promotion.gate: false, as in the paper: the trained model is promoted, evaluated all the same.
+    registry = check_verdicts(run_dir, "refed", 1)
+    assert registry.current == "refed-iter-01" and "without a gate" in registry.models["refed-iter-01"].reason
     for t in (0, 1):
         strict = json.loads((run_dir / "eval" / f"iter-{t:02d}.json").read_text())["ifeval"]["prompt_strict"]
         assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 4

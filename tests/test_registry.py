@@ -108,7 +108,7 @@ def test_models_add_list_and_swap_from_the_command_line(tmp_path):
     assert read_registry(run).current is None  # registered, not served until swapped to
     assert cli("swap", "checkpoint-7", "--run-dir", str(run)).returncode == 0
     listed = cli("models", "list", "--run-dir", str(run))
-    assert "* checkpoint-7" in listed.stdout
+    assert "checkpoint-7 *" in listed.stdout and "champion" in listed.stdout
     refused = cli("swap", str(model), "--run-dir", str(run))  # a directory is not a registered name
     assert refused.returncode == 2 and "raysynth models add" in refused.stderr
     (model / "model.safetensors").write_bytes(b"\x01" * 10)

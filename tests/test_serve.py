@@ -16,7 +16,7 @@ import openai
 import pandas as pd
 import pytest
 
-from conftest import kept_and_rejected
+from conftest import kept_and_rejected, run_raysynth
 from flaky_server import FlakyProxy
 from raysynth.registry import read_registry
 from tiny_models import build_shifted_head_copy
@@ -326,16 +326,22 @@ def test_load_across_hot_swap_loses_nothing(server):
 
 
 def test_rollback_serves_the_earlier_model(server):
-    """After it-2 is current, swapping back to it-1 (still loaded) and then to it-0 (retired, loaded
-    again) makes the next responses come from those models, by name and by weights. Then a name
-    that moves to another directory."""
+    """After it-2 is current, `raysynth rollback` (to the champion before it: it-1, still loaded) and
+    `raysynth rollback --to it-0` (retired, loaded again) make the next responses come from those
+    models, by name and by weights. Then a name that moves to another directory."""
     answers = {"it-0": ask("it-2")[1], "it-1": ask("it-1")[1]}  # it-2 is it-0's checkpoint
     assert ask()[0] == "it-2"
-    for name in ("it-1", "it-0"):
-        assert admin("POST", "swap", json={"model": name}).json()["current"] == name
+    for name, to in (("it-1", ()), ("it-0", ("--to", "it-0"))):
+        result = run_raysynth("rollback", "--run-dir", str(server["run_dir"]), *to)
+        assert f"champion -> {name}" in result.stdout
+        deadline = time.time() + 300
+        while admin("GET", "status").json()["current"] != name:  # replicas poll the registry
+            assert time.time() < deadline, f"the server did not roll back to {name}"
+            time.sleep(0.5)
         assert ask() == (name, answers[name])
-        assert read_registry(server["run_dir"]).current == name
-    assert admin("GET", "status").json()["current"] == "it-0"
+    registry = read_registry(server["run_dir"])
+    assert registry.current == "it-0" and registry.models["it-2"].status == "rolled back"
+    assert [e.event for e in registry.timeline[-2:]] == ["rolled back", "rolled back"]
 
     # A name moved to another directory (it-1 re-registered as the embedded model): serving it loads
     # the new directory, and the engine of the old one is shut down, not leaked.
@@ -386,6 +392,53 @@ def test_a_broken_checkpoint_is_refused_while_the_old_model_serves(server):
     status = admin("GET", "status").json()
     assert status["current"] == "it-0" and set(status["failures"]) == {"truncated", "bad-config"}
     assert read_registry(server["run_dir"]).current == "it-0"
+
+
+def test_a_worse_candidate_is_rejected_while_the_champion_serves(server, tmp_path):
+    """The promotion gate on the real engine, with the server up: a candidate made deliberately worse
+    (the champion's weights with the output layer shifted by one token: every answer garbled) is
+    evaluated against the champion it-0 on the same prompts, judged by the frozen champion, and
+    rejected. The server answers from it-0 throughout, and `raysynth models list` shows the rejection
+    and its reason."""
+    from raysynth.config import ISheepRun
+    from raysynth.promotion import Contender, challenge
+    from raysynth.store import RunDir
+
+    run_dir, base = server["run_dir"], str(server["base"])
+    assert read_registry(run_dir).current == "it-0"
+    worse = build_shifted_head_copy(server["base"], tmp_path / "worse")
+    cfg = ISheepRun.model_validate({"recipe": "isheep", "run_dir": str(run_dir), "eval": {
+        "limit": 6, "generation": {"temperature": 0.0, "max_tokens": 48, "structured": False},
+        "judge": {"pairwise": {"max_tokens": 64}, "max_explanation_chars": 60}}})
+    served: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                served.append(ask()[0])
+            except Exception as exc:  # counted: the test asserts there are none
+                served.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        champion, verdict = challenge(RunDir(run_dir), 9, cfg, worse, base, tmp_path / "data.parquet",
+                                      Contender("it-0", base, 0), base)
+    finally:
+        stop.set()
+        thread.join(180)
+    assert not verdict.promote and champion.name == "it-0", verdict.reason
+    assert len(served) >= 4 and set(served) == {"it-0"}, served[:5]
+    entry = read_registry(run_dir).models["isheep-iter-09"]
+    assert entry.status == "rejected" and entry.reason == verdict.reason and entry.versus["champion"] == "it-0"
+    result = json.loads((run_dir / "eval" / "iter-09.json").read_text())
+    assert result["winrate"]["judge"] == base and result["paired"]["baseline"] == base
+    assert ask()[0] == "it-0" and read_registry(run_dir).current == "it-0"
+    listed = run_raysynth("models", "list", "--run-dir", str(run_dir))
+    row = next(line for line in listed.stdout.splitlines() if "isheep-iter-09" in line)
+    assert "rejected" in row and "rejected:" in listed.stdout
 
 
 def judge_through(run_dir: Path, base_url: str, **settings):

@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 
 from raysynth.models import resolve_model
-from raysynth.registry import read_registry
 from raysynth.store import RunDir
-from conftest import assert_resume_matches_uninterrupted, kill_driver_when, partly_committed, run_raysynth
+from conftest import assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, run_raysynth
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +77,7 @@ def test_the_stage_killed_in_equals_an_uninterrupted_run(tmp_path, synpo_run):
 
 def test_two_iterations_train_register_and_evaluate(synpo_run):
     run_dir = synpo_run["run_dir"]
-    current = read_registry(run_dir).current_entry()
-    assert current.name == "synpo-iter-02" and Path(current.path, "config.json").is_file()
+    check_verdicts(run_dir, "synpo", 2)
     trained = {p.parent.parent.name + "/" + json.loads(p.read_text())["method"]
                for p in run_dir.glob("iter-*/*/_done.json")}
     assert {"iter-00/sft", "iter-01/sft", "iter-01/simpo", "iter-02/sft", "iter-02/simpo"} <= trained
@@ -92,7 +90,6 @@ def test_two_iterations_train_register_and_evaluate(synpo_run):
         strict = result["ifeval"]["prompt_strict"]
         assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 4
         if t:
-            assert result["winrate"]["baseline"] == "smollm2-135m"
             assert result["winrate"]["win_rate"]["n"] > 0
             assert result["diversity"]["near_duplicate_rate"]["n"] > 0
     # The improver rewrote the policy's answers; keyword lists of the two iterations are disjoint.
@@ -108,7 +105,8 @@ def test_report_shows_prompts_pairs_loss_and_metrics(synpo_run):
     summary = (run_dir / "summary.md").read_text()
     for stage in ("iter-01/prompts", "iter-02/prompts", "iter-01/pairs", "iter-02/pairs", "iter-01/seed-pairs"):
         assert f">{stage}<" in page, stage
-    assert "simpo" in page and "win rate vs iteration 0" in page and "ifeval prompt strict" in page
+    assert "simpo" in page and "win rate vs champion" in page and "ifeval prompt strict" in page
+    assert "Champion timeline" in page and ">synpo-iter-02<" in page
     assert "Samples before and after refinement" in page and "<b>after</b>" in page
     assert "win rate vs `smollm2-135m`" in summary and "## Iteration 2" in summary
 

@@ -1,5 +1,9 @@
-"""Evaluation of one model in a run: IFEval accuracies, judged win rate against a baseline model,
-diversity of synthetic texts. Every rate has a bootstrap 95% interval (eval/stats.py).
+"""Evaluation of one model in a run: IFEval accuracies, judged win rate against a baseline model
+(in a recipe: the champion it challenges), diversity of synthetic texts. Every rate has a bootstrap
+95% interval (eval/stats.py); against a baseline, the IFEval differences are paired by prompt.
+
+The win-rate judge is never the model being evaluated: `eval.judge_model`, `eval.judge_endpoint`, or
+a model frozen for the whole run (a recipe passes its initial model; `raysynth eval`, the baseline).
 
 Generation and judging are ordinary stages of the run (`iter-NN/eval-*`), so they are resumable,
 show in `raysynth status`, and the baseline's answers are generated once and reused. The result
@@ -16,7 +20,7 @@ from typing import Any
 from raysynth.config import EngineConfig, EvalConfig
 from raysynth.eval.diversity import diversity
 from raysynth.eval.ifeval import check_response, load_ifeval
-from raysynth.eval.stats import rate, ratio
+from raysynth.eval.stats import difference, rate, ratio
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.steps.eval import respond_step
@@ -42,8 +46,11 @@ def _answers(run: RunDir, iteration: int, prompts, model: str, engine: EngineCon
     return answers
 
 
-def ifeval_metrics(rows: list[dict[str, Any]], answers: dict[str, str], seed: int) -> dict[str, Any]:
-    verdicts = [check_response(row, answers.get(str(row["key"]), "")) for row in rows]
+def ifeval_verdicts(rows: list[dict[str, Any]], answers: dict[str, str]) -> list[dict[str, Any]]:
+    return [check_response(row, answers.get(str(row["key"]), "")) for row in rows]
+
+
+def ifeval_metrics(verdicts: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     return {
         "prompt_strict": rate([v["prompt_strict"] for v in verdicts], seed),
         "prompt_loose": rate([v["prompt_loose"] for v in verdicts], seed),
@@ -52,25 +59,32 @@ def ifeval_metrics(rows: list[dict[str, Any]], answers: dict[str, str], seed: in
     }
 
 
-def judge_engine(engine: EngineConfig, cfg: EvalConfig, model: str) -> tuple[EngineConfig, str, str]:
-    """(engine, model dir, model name) of the judge: an endpoint, another local model, or `model` itself."""
+def paired_ifeval(verdicts: list[dict[str, Any]], baseline_verdicts: list[dict[str, Any]],
+                  seed: int) -> dict[str, Any]:
+    """Per-prompt differences (this model minus the baseline) of the prompt-level verdicts."""
+    return {metric: difference([v[metric] for v in verdicts], [v[metric] for v in baseline_verdicts], seed)
+            for metric in ("prompt_strict", "prompt_loose")}
+
+
+def judge_engine(engine: EngineConfig, cfg: EvalConfig, frozen: str) -> tuple[EngineConfig, str, str]:
+    """(engine, model dir, model name) of the judge: an endpoint, `eval.judge_model`, or `frozen`."""
     if cfg.judge_endpoint is not None:
         return engine.model_copy(update={"endpoint": cfg.judge_endpoint}), "", cfg.judge_endpoint.model
-    name = cfg.judge_model or model
+    name = cfg.judge_model or frozen
     return *engine_for(engine, name), name
 
 
 def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict[str, str],
-             baseline_answers: dict[str, str], engine: EngineConfig, cfg: EvalConfig, model: str) -> dict[str, Any]:
+             baseline_answers: dict[str, str], engine: EngineConfig, cfg: EvalConfig, judge: str) -> dict[str, Any]:
     """Pairwise judge, both orders: a = this model, b = the baseline; a win needs both orders to agree."""
     pairs = [{"pair_id": key, "instruction": prompts[key], "a": answers[key], "b": baseline_answers[key]}
              for key in sorted(prompts) if key in answers and key in baseline_answers]
-    judge, judge_dir, judge_name = judge_engine(engine, cfg, model)
+    judge_config, judge_dir, judge_name = judge_engine(engine, cfg, judge)
     lineage = Lineage("eval", iteration, judge_name)
     shown = write_source_stage(run, iteration, "eval-winrate-pairs", pairwise_rows(pairs),
                                {"pairs": stable_hash(pairs)}, lineage)
     step = replace(judge_steps(cfg.judge)["pairwise"], name="eval-winrate-judge")
-    verdicts = run_llm_stage(run, iteration, step, shown, judge, judge_dir, lineage)
+    verdicts = run_llm_stage(run, iteration, step, shown, judge_config, judge_dir, lineage)
     outcomes = combine_pairwise(verdicts.read(["pair_id", "order", "judge_winner"]))
     decided = [OUTCOME_VALUE[w] for w in outcomes["winner"] if w in OUTCOME_VALUE]
     counts = {w: int((outcomes["winner"] == w).sum()) for w in ("a", "tie", "b", "incomplete")}
@@ -85,9 +99,13 @@ def _winrate_prompts(path: Path) -> list[dict[str, Any]]:
 
 
 def evaluate(run: RunDir, iteration: int, model: str, engine: EngineConfig, cfg: EvalConfig,
-             baseline: str | None = None, texts: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate `model` as iteration `iteration` of `run`; `baseline` (iteration 0's model) for the
-    win rate, `texts` (this iteration's synthetic data) for diversity. Writes eval/iter-NN.json."""
+             baseline: str | None = None, texts: list[str] | None = None, baseline_iteration: int = 0,
+             judge: str | None = None) -> dict[str, Any]:
+    """Evaluate `model` as iteration `iteration` of `run`: against `baseline` (the model as evaluated at
+    `baseline_iteration`, whose answers are reused) the judged win rate and the paired IFEval
+    differences; `judge` (default: the baseline) is the frozen model that judges when `eval.judge_model`
+    and `eval.judge_endpoint` are unset; `texts` (this iteration's synthetic data) for diversity.
+    Writes eval/iter-NN.json."""
     # Its stages measure: a judge that parses no verdict is a result (counted as incomplete), never a
     # reason to stop the run, whatever the run's on_empty says.
     run = RunDir(run.path, run.stop_after, on_empty="continue")
@@ -97,27 +115,34 @@ def evaluate(run: RunDir, iteration: int, model: str, engine: EngineConfig, cfg:
     prompts = write_source_stage(run, iteration, "eval-ifeval-prompts", prompt_rows,
                                  {"rows": stable_hash(prompt_rows)}, lineage)
     answers = _answers(run, iteration, prompts, model, engine, cfg)
-    result: dict[str, Any] = {"iteration": iteration, "model": model, "ifeval": ifeval_metrics(rows, answers, cfg.seed),
+    verdicts = ifeval_verdicts(rows, answers)
+    result: dict[str, Any] = {"iteration": iteration, "model": model, "ifeval": ifeval_metrics(verdicts, cfg.seed),
                               "ifeval_prompts": len(rows),
                               "generation": cfg.generation.model_dump()}
-    if baseline is not None and cfg.winrate and baseline != model:
-        if cfg.winrate_prompts is None:
-            held_out = {r["key"]: r["prompt"] for r in prompt_rows}
-            ours, theirs = answers, _answers(run, 0, prompts, baseline, engine, cfg)
-        else:
-            extra = _winrate_prompts(cfg.winrate_prompts)
-            held_out = {r["key"]: r["prompt"] for r in extra}
-            source = write_source_stage(run, iteration, "eval-winrate-prompts", extra, {"rows": stable_hash(extra)},
-                                        lineage)
-            ours, theirs = (_answers(run, iteration, source, model, engine, cfg),
-                            _answers(run, 0, source, baseline, engine, cfg))
-        result["winrate"] = {"baseline": baseline, **win_rate(run, iteration, held_out, ours, theirs, engine, cfg, model)}
+    if baseline is not None and baseline != model:
+        theirs = _answers(run, baseline_iteration, prompts, baseline, engine, cfg)
+        result["paired"] = {"baseline": baseline, "baseline_iteration": baseline_iteration,
+                            "ifeval": paired_ifeval(verdicts, ifeval_verdicts(rows, theirs), cfg.seed)}
+        if cfg.winrate:
+            judge = judge or baseline
+            if cfg.winrate_prompts is None:
+                held_out = {r["key"]: r["prompt"] for r in prompt_rows}
+                ours = answers
+            else:
+                extra = _winrate_prompts(cfg.winrate_prompts)
+                held_out = {r["key"]: r["prompt"] for r in extra}
+                source = write_source_stage(run, iteration, "eval-winrate-prompts", extra,
+                                            {"rows": stable_hash(extra)}, lineage)
+                ours, theirs = (_answers(run, iteration, source, model, engine, cfg),
+                                _answers(run, baseline_iteration, source, baseline, engine, cfg))
+            result["winrate"] = {"baseline": baseline,
+                                 **win_rate(run, iteration, held_out, ours, theirs, engine, cfg, judge)}
     if texts:
         result["diversity"] = diversity(texts, cfg.seed, cfg.diversity_group, embedding_model=cfg.embedding_model)
     path = eval_path(run, iteration)
     previous = json.loads(path.read_text()) if path.is_file() else {}
     if previous.get("model") == model:  # e.g. `raysynth eval` again: keep what this call did not measure
-        result = {**{k: v for k, v in previous.items() if k in ("winrate", "diversity")}, **result}
+        result = {**{k: v for k, v in previous.items() if k in ("winrate", "paired", "diversity")}, **result}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
     return result

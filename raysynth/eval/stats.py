@@ -42,3 +42,14 @@ def ratio(numerators: Sequence[float], denominators: Sequence[float], seed: int 
         return {"value": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
     low, high = _interval((num, den), lambda a, b: a.sum() / b.sum(), seed, resamples)
     return {"value": float(num.sum() / den.sum()), "low": low, "high": high, "n": int(len(num))}
+
+
+def difference(values: Sequence[float], baseline: Sequence[float], seed: int = 0,
+               resamples: int = RESAMPLES) -> dict[str, float]:
+    """Mean of per-unit differences `values - baseline`, the two measured on the same units (e.g. one
+    model's and another's IFEval verdicts on the same prompts): the paired interval is much narrower
+    than the two rates' intervals side by side, since a prompt's difficulty cancels."""
+    a, b = np.asarray(values, dtype=float), np.asarray(baseline, dtype=float)
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same units: {len(a)} against {len(b)}")
+    return rate(a - b, seed, resamples)

@@ -24,7 +24,7 @@ from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
-from raysynth.registry import register_model
+from raysynth.promotion import challenge, first_champion
 from raysynth.steps import PACKAGE_DIR
 from raysynth.steps.condor import condor_steps, tree_step
 from raysynth.store import RunDir, stable_hash
@@ -172,15 +172,15 @@ def run(cfg: CondorRun) -> dict[str, Any]:
     student = cfg.student_model or cfg.engine.model  # the paper trains a base model on an instruct model's data
     if cfg.train is not None and not export["rows"]:
         run_dir.nothing_kept(f"iteration 0: no sample was kept to train on; the model stays {cfg.engine.model}")
-    elif cfg.train is not None:
-        trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
-                              run_dir.iteration_dir(0), cfg.engine.trust_remote_code)
-        export["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1).path
     if cfg.eval is not None:
-        # Iteration 0: the student before training, and the diversity of the synthesised questions;
-        # iteration 1: the student trained on them, judged against itself before.
+        # Iteration 0: the student before training, and the diversity of the synthesised questions.
         questions = [str(q) for q in current.read(["question"])["question"]]
         evaluate(run_dir, 0, student, cfg.engine, cfg.eval, texts=questions)
-        if export.get("model"):
-            evaluate(run_dir, 1, export["model"], cfg.engine, cfg.eval, baseline=student)
+    if cfg.train is not None and export["rows"]:
+        trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
+                              run_dir.iteration_dir(0), cfg.engine.trust_remote_code)
+        # Iteration 1: the student trained on them, against itself before (the first champion).
+        champion = first_champion(run_dir, RECIPE, student, resolve_model(student))
+        _, verdict = challenge(run_dir, 1, cfg, trained, student, Path(str(export["parquet"])), champion, student)
+        export |= {"model": str(trained.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
     return export

@@ -16,6 +16,7 @@ Each iteration writes `iter-NN/iteration.json` (the data funnel and score histog
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_decision_stage, run_llm_stage, write_source_stage
-from raysynth.registry import register_model
+from raysynth.promotion import challenge, first_champion, next_policy, stop_reason
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.self_stats import data_filter_reasons, run_self_stats_stage
 from raysynth.steps import PACKAGE_DIR
@@ -76,9 +77,14 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
     tasks = load_seed_tasks(s.seed_tasks)
     if cfg.eval is not None:
         evaluate(run_dir, 0, base, cfg.engine, cfg.eval)
+    champion = first_champion(run_dir, RECIPE, base, engine_for(cfg.engine, base)[1])
 
-    model, sft_files, summary = base, [], {"iterations": []}
+    model, sft_files, summary, started, without_promotion = base, [], {"iterations": []}, time.time(), 0
     for t in range(1, s.iterations + 1):
+        if stopped := stop_reason(cfg.promotion, without_promotion, started):
+            summary["stopped"] = stopped
+            break
+        without_promotion += 1
         lineage, (engine, model_dir) = Lineage(RECIPE, t, model), engine_for(cfg.engine, model)
         requests = generation_requests(tasks, s.instructions_per_iteration, s.icl_examples, cfg.seed, t)
         asked = write_source_stage(run_dir, t, "requests", requests, {"rows": stable_hash(requests)}, lineage)
@@ -127,12 +133,13 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
         start = model if s.training_setting == "one_last" else base
         trained = train_model(cfg.train, data, start, engine_for(cfg.engine, start)[1], run_dir.iteration_dir(t),
                               cfg.engine.trust_remote_code)
-        model = register_model(run_dir.path, f"{RECIPE}-iter-{t:02d}", trained, t).path
-        step["model"] = model
+        texts = [str(i) for i in kept.read(["instruction"])["instruction"]]
+        champion, verdict = challenge(run_dir, t, cfg, trained, start, data, champion, base, texts)
+        without_promotion = 0 if verdict.promote else without_promotion
+        model = next_policy(cfg.promotion, str(trained.resolve()), champion)
+        step |= {"model": str(trained.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
         run_dir.write_iteration_summary(step)
-        if cfg.eval is not None:
-            texts = [str(i) for i in kept.read(["instruction"])["instruction"]]
-            evaluate(run_dir, t, model, cfg.engine, cfg.eval, baseline=base, texts=texts)
-    if model != base:
-        summary["model"] = model
+    trained = [step["model"] for step in summary["iterations"] if step.get("model")]
+    if trained:
+        summary["model"] = trained[-1]
     return summary

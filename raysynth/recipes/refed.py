@@ -30,7 +30,7 @@ from raysynth.export import export_sft
 from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.recipes.synpo import SHIPPED_SEED, seed_rows
-from raysynth.registry import register_model
+from raysynth.promotion import challenge, first_champion
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import run_pair_scores
 from raysynth.steps.refed import refed_steps
@@ -134,8 +134,9 @@ def run(cfg: RefedRun) -> dict[str, Any]:
 
 def train_and_evaluate(cfg: RefedRun, run_dir: RunDir, export: dict[str, Any], step: dict[str, Any], student: str,
                        texts: list[str]) -> dict[str, Any]:
-    """SFT of the student on the export, registered as iteration 1 and evaluated against the student
-    before training (`texts`: the instructions it learnt from, for the diversity figures)."""
+    """SFT of the student on the export, registered as iteration 1's candidate and evaluated against the
+    student before training, the first champion (`texts`: the instructions it learnt from, for the
+    diversity figures)."""
     if cfg.train is not None and not export["rows"]:
         step["skipped"] = "no sample was kept to train on"
         run_dir.write_iteration_summary(step)
@@ -145,8 +146,10 @@ def train_and_evaluate(cfg: RefedRun, run_dir: RunDir, export: dict[str, Any], s
     if cfg.train is not None and export["rows"]:
         trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
                               run_dir.iteration_dir(1), cfg.engine.trust_remote_code)
-        step["model"] = summary["model"] = register_model(run_dir.path, f"{RECIPE}-iter-01", trained, 1).path
+        champion = first_champion(run_dir, RECIPE, student, resolve_model(student))
+        _, verdict = challenge(run_dir, 1, cfg, trained, student, Path(str(export["parquet"])), champion, student,
+                               texts)
+        step |= {"model": str(trained.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
+        summary["model"] = step["model"]
         run_dir.write_iteration_summary(step)
-        if cfg.eval is not None:
-            evaluate(run_dir, 1, step["model"], cfg.engine, cfg.eval, baseline=student, texts=texts)
     return summary

@@ -18,6 +18,7 @@ worst of n samples by the scorer) or seed_po (gold as chosen, M_{t-1}'s answer a
 from __future__ import annotations
 
 import json
+import time
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from raysynth.export import export_preferences, export_sft, select_pairs
 from raysynth.keywords import candidates, run_keyword_pool, run_keyword_sample
 from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, finish_stage, open_stage, run_llm_stage, write_source_stage
-from raysynth.registry import register_model
+from raysynth.promotion import challenge, first_champion, next_policy, stop_reason
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import filter_and_commit, run_pair_scores
 from raysynth.steps import PACKAGE_DIR
@@ -113,9 +114,14 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
     pool = run_keyword_pool(run_dir, corpus, s.text_column, s.keywords, cfg.seed, lineage)
     if cfg.eval is not None:
         evaluate(run_dir, 0, initial, cfg.engine, cfg.eval)
+    champion = first_champion(run_dir, RECIPE, initial, initial_dir)
 
-    policy, selections, summary = initial, [], {"iterations": []}
+    policy, selections, summary, started, without_promotion = initial, [], {"iterations": []}, time.time(), 0
     for t in range(1, s.iterations + 1):
+        if stopped := stop_reason(cfg.promotion, without_promotion, started):
+            summary["stopped"] = stopped
+            break
+        without_promotion += 1
         lineage = Lineage(RECIPE, t, policy)
         keywords = run_keyword_sample(run_dir, t, pool, s.prompts_per_iteration, s.keywords, cfg.seed, lineage)
         generated = run_llm_stage(run_dir, t, steps["generate_prompt"], keywords, *engine_for(cfg.engine, generator),
@@ -163,14 +169,15 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         # SimPO of the initial model on all synthetic pairs so far (the paper retrains M_0 each time).
         model = train_model(cfg.train, Path(data["parquet"]), initial, initial_dir, run_dir.iteration_dir(t),
                             cfg.engine.trust_remote_code)
-        policy = register_model(run_dir.path, f"{RECIPE}-iter-{t:02d}", model, t).path
-        step["model"] = policy
+        texts = [str(p) for p in prompts.read(["prompt"])["prompt"]]
+        champion, verdict = challenge(run_dir, t, cfg, model, initial, Path(data["parquet"]), champion, initial, texts)
+        without_promotion = 0 if verdict.promote else without_promotion
+        policy = next_policy(cfg.promotion, str(model.resolve()), champion)
+        step |= {"model": str(model.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
         run_dir.write_iteration_summary(step)
-        if cfg.eval is not None:
-            texts = [str(p) for p in prompts.read(["prompt"])["prompt"]]
-            evaluate(run_dir, t, policy, cfg.engine, cfg.eval, baseline=initial, texts=texts)
-    if policy != initial:
-        summary["model"] = policy
+    trained = [step["model"] for step in summary["iterations"] if step.get("model")]
+    if trained:
+        summary["model"] = trained[-1]
     return summary
 
 
