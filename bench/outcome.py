@@ -1,0 +1,131 @@
+"""Outcome study: does a recipe's loop make the model better, measured with paired intervals?
+
+Runs RECIPE from `configs/RECIPE-SIZE.yaml` for `--iterations` iterations without an `eval:` section
+(the paper's loop: every trained model is promoted and feeds the next iteration), then evaluates
+iteration 0 and each iteration's model on IFEval (greedy) and by the frozen judge (the initial model,
+both orders) against iteration 0 on the same prompts: accuracies, the paired differences and the win
+rate, each with its bootstrap 95% interval, and the verdict the default promotion gate would give.
+The figures go to `bench/results-outcome.md`, one section per recipe (a rerun replaces its section);
+what they show is written under them by hand.
+
+Size: the defaults are the issue's (all 541 IFEval prompts, 512 tokens). On the 2-core CPU machine one
+model's IFEval at that size takes about 25 minutes (all 541 at 1024 tokens took 44), so a two-iteration
+study is about 50 minutes of evaluation beyond the shared iteration 0, more than the ~45 minutes a study
+may take there; `--limit` and `--max-tokens` shrink it, and the section records the size it ran at.
+
+    python bench/outcome.py isheep [--size small] [--iterations 2] [--limit 541] [--max-tokens 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import REPO, commit
+
+from raysynth.config import EvalConfig, PromotionConfig, SamplingConfig, load_config
+from raysynth.promotion import gate
+
+RESULTS = REPO / "bench" / "results-outcome.md"
+ITERATED = {"synpo", "isheep"}  # Condor and REFED train once
+
+
+def fmt(m: dict[str, Any], signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(m['value'])} [{f.format(m['low'])}, {f.format(m['high'])}]"
+
+
+def run_recipe(recipe: str, config: Path, run_dir: Path, iterations: int) -> float:
+    overrides = [f"run_dir={run_dir}", "eval=null"] + ([f"{recipe}.iterations={iterations}"] if recipe in ITERATED else [])
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "raysynth.cli", "run", str(config),
+                    *[a for o in overrides for a in ("--set", o)]], check=True)
+    return time.time() - started
+
+
+def evaluate_all(run_dir: Path, eval_cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Iteration 0, then every trained model against it (answers of iteration 0 reused)."""
+    from raysynth.eval import evaluate
+    from raysynth.pipeline import init_ray
+    from raysynth.registry import read_registry
+    from raysynth.store import RunDir
+
+    cfg = load_config(run_dir / "config.yaml")
+    initial = getattr(cfg, "student_model", None) or cfg.engine.model
+    init_ray()
+    run = RunDir(run_dir)
+    started = time.time()
+    results = [evaluate(run, 0, initial, cfg.engine, eval_cfg) | {"seconds": time.time() - started}]
+    for entry in sorted(read_registry(run_dir).models.values(), key=lambda e: e.iteration):
+        if entry.iteration:
+            started = time.time()
+            result = evaluate(run, entry.iteration, entry.path, cfg.engine, eval_cfg, baseline=initial,
+                              baseline_iteration=0, judge=initial)
+            results.append(result | {"seconds": time.time() - started})
+    return results
+
+
+def section(recipe: str, args: argparse.Namespace, run_seconds: float, results: list[dict[str, Any]]) -> str:
+    lines = [f"## {recipe}", "",
+             f"`python bench/outcome.py {recipe} --size {args.size} --iterations {args.iterations} --limit "
+             f"{args.limit} --max-tokens {args.max_tokens}`, measured {time.strftime('%Y-%m-%d')} at commit "
+             f"{commit()} on this machine's CPU (2 cores). Recipe run {run_seconds / 60:.1f} min; evaluations "
+             + ", ".join(f"iteration {r['iteration']} {r['seconds'] / 60:.1f} min" for r in results) + ".", "",
+             "| iteration | IFEval prompt strict | loose | strict minus iter 0 (paired) | loose minus iter 0 "
+             "| win rate vs iter 0 (W-T-L) | default gate |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        ifeval = r["ifeval"]
+        row = [str(r["iteration"]), fmt(ifeval["prompt_strict"]), fmt(ifeval["prompt_loose"])]
+        if r["iteration"]:
+            paired, win = r["paired"]["ifeval"], r["winrate"]
+            row += [fmt(paired["prompt_strict"], True), fmt(paired["prompt_loose"], True),
+                    f"{fmt(win['win_rate'])} ({win['wins']}-{win['ties']}-{win['losses']}, "
+                    f"{win['incomplete']} incomplete)",
+                    "promote" if gate(r, PromotionConfig()).promote else "reject"]
+        else:
+            row += ["", "", "", ""]
+        lines.append("| " + " | ".join(row) + " |")
+    n = results[0]["ifeval"]["prompt_strict"]["n"]
+    lines += ["", f"n = {n} prompts each; judge: {results[-1].get('winrate', {}).get('judge', '-')} (frozen, "
+              "both orders; a tie counts half).", "", "Reading: (written by hand under the figures)", ""]
+    return "\n".join(lines)
+
+
+def replace_section(text: str, recipe: str, new: str) -> str:
+    """`text` with recipe's `## recipe` section replaced by `new` (appended when absent); the reading
+    written by hand under an earlier section of the same recipe is dropped with it."""
+    pattern = re.compile(rf"^## {recipe}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        return pattern.sub(new.replace("\\", "\\\\") + "\n\n", text)
+    return text.rstrip("\n") + "\n\n" + new + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", choices=["condor", "synpo", "isheep", "refed"])
+    parser.add_argument("--size", default="small", help="configs/RECIPE-SIZE.yaml")
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=541, help="IFEval prompts (541: all)")
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/outcome-RECIPE")
+    args = parser.parse_args()
+    run_dir = args.run_dir or REPO / "runs" / f"outcome-{args.recipe}"
+    run_seconds = run_recipe(args.recipe, REPO / "configs" / f"{args.recipe}-{args.size}.yaml", run_dir,
+                             args.iterations)
+    eval_cfg = EvalConfig(limit=args.limit, generation=SamplingConfig(temperature=0.0, max_tokens=args.max_tokens,
+                                                                      structured=False))
+    results = evaluate_all(run_dir, eval_cfg)
+    (run_dir / "outcome.json").write_text(json.dumps(results, indent=1))
+    text = RESULTS.read_text() if RESULTS.is_file() else "# Outcome studies (bench/outcome.py)\n"
+    RESULTS.write_text(replace_section(text, args.recipe, section(args.recipe, args, run_seconds, results)))
+    print(RESULTS.read_text())
+
+
+if __name__ == "__main__":
+    main()
