@@ -132,7 +132,7 @@ def train(
     from raysynth.train import train_model
 
     init_ray()
-    out = train_model(job.train, job.data, job.model, model_dir, job.out_dir, job.trust_remote_code)
+    out = train_model(job.train, job.data, job.model, model_dir, job.out_dir, job.trust_remote_code, job.prompt_format)
     typer.echo(f"\nmerged model: {out}")
 
 

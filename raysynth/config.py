@@ -695,6 +695,8 @@ class TrainJob(Strict):
     model: str = "smollm2-135m"
     out_dir: Path = Path("runs/train")
     trust_remote_code: bool = False
+    prompt_format: Literal["chat", "plain"] = Field("chat", description="chat: the model's chat template; "
+                                                    "plain: Alpaca-style text, for a model without one")
     train: TrainConfig = TrainConfig()
 
     @field_validator("data")

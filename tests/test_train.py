@@ -50,6 +50,18 @@ def test_missing_columns_and_bad_config_are_named(tmp_path):
 
 # --- real training: 2 Ray Train workers (gloo), TRL, LoRA on the embedded model ---------------
 
+def test_plain_records_for_a_model_without_a_chat_template():
+    """prompt_format plain: the prompt as the Alpaca-style text the engine sends such a model, the
+    reply as a plain completion (TRL appends the end-of-sequence token)."""
+    frame = pd.DataFrame({"messages": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]})
+    [record] = sft_records(frame, "plain")
+    assert record["prompt"].startswith("Below is an instruction") and record["prompt"].endswith(
+        "### Instruction:\nhi\n\n### Response:\n") and record["completion"] == "yo"
+    [pair] = preference_records(pd.DataFrame({"prompt": ["p"], "chosen": ["good"], "rejected": ["bad"]}), "plain")
+    assert pair["prompt"].endswith("### Instruction:\np\n\n### Response:\n")
+    assert (pair["chosen"], pair["rejected"]) == ("good", "bad")
+
+
 @pytest.fixture(scope="module")
 def base_model():
     from raysynth.models import resolve_model
@@ -108,6 +120,43 @@ def test_sft_two_workers_learns_and_merged_model_generates(local_ray, base_model
     started = time.time()
     assert train_model(overfit_config("sft"), data, "smollm2-135m", base_model, tmp_path / "out") == model_dir
     assert time.time() - started < 5
+
+
+@pytest.mark.slow
+def test_a_base_model_without_a_chat_template_trains_and_answers_on_plain_text(local_ray, base_model, tmp_path):
+    """I-SHEEP's base models have no chat template: with prompt_format plain, SFT trains on
+    Alpaca-style text and the vLLM stage prompts the merged model the same way."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from raysynth.config import EngineConfig, SamplingConfig
+    from raysynth.engine import VLLMStage
+    from raysynth.train import train_model
+
+    bare = tmp_path / "no-template"
+    bare.mkdir()
+    for item in Path(base_model).iterdir():
+        if item.name == "tokenizer_config.json":
+            config = json.loads(item.read_text())
+            config.pop("chat_template", None)
+            (bare / item.name).write_text(json.dumps(config))
+        elif item.name != "chat_template.jinja":
+            (bare / item.name).symlink_to(item)
+    assert AutoTokenizer.from_pretrained(bare).chat_template is None
+    data = write_sft_data(tmp_path / "sft.parquet")
+    model_dir = train_model(overfit_config("sft"), data, str(bare), str(bare), tmp_path / "out",
+                            prompt_format="plain")
+    assert_learns(model_dir.parent)
+    assert json.loads((model_dir.parent / "_train.json").read_text())["prompt_format"] == "plain"
+    prompt = json.dumps([{"role": "user", "content": PROMPT}])
+    out = ray.data.from_items([{"prompt_messages": prompt}]).map_batches(
+        VLLMStage, batch_format="pandas", batch_size=1, num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        fn_constructor_kwargs={"engine": EngineConfig(prompt_format="plain"), "model_dir": str(model_dir),
+                               "sampling": SamplingConfig(temperature=0, max_tokens=24)}).take_all()
+    text = out[0]["completions"][0]
+    print("plain-trained model says:", text)
+    assert out[0]["engine_error"] == "" and "Paris" in text
 
 
 @pytest.mark.slow

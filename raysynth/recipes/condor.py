@@ -178,7 +178,8 @@ def run(cfg: CondorRun) -> dict[str, Any]:
         evaluate(run_dir, 0, student, cfg.engine, cfg.eval, texts=questions)
     if cfg.train is not None and export["rows"]:
         trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
-                              run_dir.iteration_dir(0), cfg.engine.trust_remote_code)
+                              run_dir.iteration_dir(0), cfg.engine.trust_remote_code,
+                              cfg.engine.prompt_format)
         # Iteration 1: the student trained on them, against itself before (the first champion).
         champion = first_champion(run_dir, RECIPE, student, resolve_model(student))
         _, verdict = challenge(run_dir, 1, cfg, trained, student, Path(str(export["parquet"])), champion, student)

@@ -145,7 +145,8 @@ def train_and_evaluate(cfg: RefedRun, run_dir: RunDir, export: dict[str, Any], s
     summary = {**export, "iterations": [step]}
     if cfg.train is not None and export["rows"]:
         trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
-                              run_dir.iteration_dir(1), cfg.engine.trust_remote_code)
+                              run_dir.iteration_dir(1), cfg.engine.trust_remote_code,
+                              cfg.engine.prompt_format)
         champion = first_champion(run_dir, RECIPE, student, resolve_model(student))
         _, verdict = challenge(run_dir, 1, cfg, trained, student, Path(str(export["parquet"])), champion, student,
                                texts)

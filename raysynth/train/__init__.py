@@ -34,9 +34,12 @@ def data_fingerprint(path: Path) -> list[tuple[str, int]]:
 
 
 def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: str, parent: Path,
-                trust_remote_code: bool = False) -> Path:
-    """Train on `data` and return the merged model directory; skip when already trained."""
-    identity = {"train": cfg.model_dump(mode="json"), "data": data_fingerprint(data), "model": base_model}
+                trust_remote_code: bool = False, prompt_format: str = "chat") -> Path:
+    """Train on `data` and return the merged model directory; skip when already trained. `prompt_format`:
+    the engine's (chat template, or plain Alpaca-style text for a model without one; train/data.py)."""
+    identity = {"train": cfg.model_dump(mode="json"), "data": data_fingerprint(data), "model": base_model,
+                # Only when not the default, so that existing runs keep their trained models.
+                **({"prompt_format": prompt_format} if prompt_format != "chat" else {})}
     work = (parent / f"{cfg.method}-{stable_hash(identity)}").resolve()
     model_dir = work / "model"
     if (work / DONE_FILE).is_file():
@@ -58,7 +61,8 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
         train_loop_per_worker,
         train_loop_config={"train": cfg.model_dump(mode="json"), "model_dir": base_model_dir,
                            "data": str(Path(data).resolve()),
-                           "trust_remote_code": trust_remote_code, "progress_path": str(work / PROGRESS_FILE)},
+                           "trust_remote_code": trust_remote_code, "prompt_format": prompt_format,
+                           "progress_path": str(work / PROGRESS_FILE)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         # Same (storage_path, name) on a re-run: Ray Train resumes from the latest checkpoint.

@@ -2,7 +2,10 @@
 
 SFT rows carry `messages` (chat form, as every recipe exports) and become prompt-completion pairs. Preference rows carry `prompt`,
 `chosen`, `rejected` as plain strings and become TRL's conversational preference form, so TRL
-applies the model's own chat template.
+applies the model's own chat template. With `prompt_format` "plain" (a base model without a chat
+template, e.g. I-SHEEP's Llama-3 70B base) both become plain text instead: the prompt in the same
+Alpaca-style form the engine sends such a model (`engine.plain_prompt`), the reply as its
+completion, to which TRL appends the end-of-sequence token.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from raysynth.engine import plain_prompt
 
 SFT_COLUMNS = ("messages",)
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -59,18 +64,24 @@ def _plain(value: Any) -> Any:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
 
 
-def sft_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def sft_records(frame: pd.DataFrame, prompt_format: str = "chat") -> list[dict[str, Any]]:
     """Prompt-completion form, so that the loss covers the final assistant turn only."""
     records = []
     for messages in frame["messages"]:
         turns = _plain(messages)
         if len(turns) < 2 or turns[-1]["role"] != "assistant":
             raise TrainDataError(f"an SFT row must end with an assistant turn after a prompt: {turns!r:.200}")
-        records.append({"prompt": turns[:-1], "completion": turns[-1:]})
+        if prompt_format == "plain":
+            records.append({"prompt": plain_prompt(turns[:-1]), "completion": turns[-1]["content"]})
+        else:
+            records.append({"prompt": turns[:-1], "completion": turns[-1:]})
     return records
 
 
-def preference_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def preference_records(frame: pd.DataFrame, prompt_format: str = "chat") -> list[dict[str, Any]]:
+    if prompt_format == "plain":
+        return [{"prompt": plain_prompt([{"role": "user", "content": str(p)}]), "chosen": str(c), "rejected": str(r)}
+                for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"])]
     return [{"prompt": [{"role": "user", "content": str(p)}],
              "chosen": [{"role": "assistant", "content": str(c)}],
              "rejected": [{"role": "assistant", "content": str(r)}]}

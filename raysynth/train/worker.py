@@ -100,7 +100,8 @@ def build_trainer(config: dict[str, Any], output_dir: str, callbacks: list):
 
     cfg = TrainConfig(**config["train"])
     frame = read_frame(Path(config["data"]))
-    records = sft_records(frame) if cfg.method == "sft" else preference_records(frame)
+    prompt_format = config.get("prompt_format", "chat")
+    records = sft_records(frame, prompt_format) if cfg.method == "sft" else preference_records(frame, prompt_format)
     tokenizer = AutoTokenizer.from_pretrained(config["model_dir"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
