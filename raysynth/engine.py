@@ -40,6 +40,18 @@ def choose_dtype(engine: EngineConfig, on_gpu: bool) -> str:
     return "bfloat16" if on_gpu or _cpu_has_native_bf16() else "float32"
 
 
+def actor_runtime_env(engine: EngineConfig) -> dict[str, Any]:
+    """Ray options for an engine actor's process. A CPU engine binding every core gets
+    OMP_NUM_THREADS (the driver's core count) when its process starts: Ray otherwise starts it with
+    num_cpus (1), OpenMP reads that once, and an in-process engine runs in the actor's own process.
+    Measured: the kept engine generated on one thread (0.47x bare vLLM's tokens/s on 2 cores), and
+    raising the count later in one thread made a Ray Data engine's threads disagree, which vLLM's CPU
+    attention refuses (thread_num 1 vs. 2). On a cluster of unlike CPU nodes, set cpu_threads_bind."""
+    if engine.endpoint is not None or engine.num_gpus > 0 or engine.cpu_threads_bind != "all":
+        return {}
+    return {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}}}
+
+
 def engine_kwargs(engine: EngineConfig, model_dir: str, seed: int, offline: bool = False) -> dict[str, Any]:
     """Arguments for `vllm.LLM` (`offline`: the Ray Data stage and the bare-vLLM benchmark) or AsyncLLM."""
     on_gpu = engine.num_gpus > 0
@@ -56,11 +68,6 @@ def engine_kwargs(engine: EngineConfig, model_dir: str, seed: int, offline: bool
         if engine.cpu_threads_bind == "all":
             # Ray sets OMP_NUM_THREADS=num_cpus (1) in actors; the engine's own processes inherit it.
             os.environ["OMP_NUM_THREADS"] = str(len(cores))
-            # An in-process engine runs in this process, whose torch already sized its thread pool
-            # from Ray's 1: measured, the kept engine generated at 0.47x bare vLLM's speed on 2 cores.
-            import torch
-
-            torch.set_num_threads(len(cores))
     return dict(
         model=model_dir,
         dtype=choose_dtype(engine, on_gpu),

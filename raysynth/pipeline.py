@@ -27,6 +27,7 @@ import ray
 from tqdm import tqdm
 
 from raysynth.config import EngineConfig, SamplingConfig
+from raysynth.engine import actor_runtime_env
 from raysynth.faults import MachineryFailure, StageFailed, root_message
 from raysynth.steps import LLMStep, Rejection
 from raysynth.store import LINEAGE, RunDir, StageDir, id_hashes, row_id, stable_hash
@@ -262,7 +263,8 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
                 num_gpus=0 if engine.endpoint else engine.num_gpus,
                 # Bounded: Ray Data's default restarts a dead actor and retries its batch forever.
                 max_restarts=engine.max_restarts, max_task_retries=engine.batch_retries,
-                fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, **step_args})
+                fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, **step_args},
+                **actor_runtime_env(engine))
         return ds.map_batches(parse_and_commit, batch_format="pandas", batch_size=None, num_cpus=LIGHT_TASK_CPUS,
                               fn_kwargs={"step": step, "stage_dir": str(stage.path), "lineage": lineage,
                                          "template_hash": step.template_hash})
@@ -309,7 +311,8 @@ def engine_actors(engine: EngineConfig, model_dir: str) -> list[Any]:
         release_engines()
         # A dead actor is restarted (model loaded again); generate_on_engines redoes its batch.
         actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
-                                               max_restarts=engine.max_restarts, max_task_retries=0)
+                                               max_restarts=engine.max_restarts, max_task_retries=0,
+                                               **actor_runtime_env(engine))
         _kept_engines.update(key=key, ray=_ray_instance(),
                              actors=[actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])])
     return _kept_engines["actors"]
