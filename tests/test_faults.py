@@ -2,6 +2,7 @@
 the middle of their stage. The actor is restarted, the batch it held is redone, and the stage commits
 exactly what an uninterrupted run of the same seed commits: no row rejected for the failure, none lost."""
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -102,6 +103,9 @@ def test_a_killed_engine_actor_is_restarted_and_its_batch_redone(local_ray, tmp_
     wait_until_dead(killed)  # a call to an actor still being killed can wait for its death to register
     second = engine_actors(engine, model_dir)
     assert second[0]._actor_id.hex() != first[0] and ray.get(second[0].__ray_ready__.remote(), timeout=600)
+    # The engine runs in the actor's process on every bound core, not on Ray's one thread per CPU.
+    threads = ray.get(second[0].__ray_call__.remote(lambda engine: __import__("torch").get_num_threads()))
+    assert threads == len(os.sched_getaffinity(0)), threads
     release_engines()
     wait_until_dead(second[0])
 
