@@ -401,6 +401,7 @@ def test_a_worse_candidate_is_rejected_while_the_champion_serves(server, tmp_pat
     rejected. The server answers from it-0 throughout, and `raysynth models list` shows the rejection
     and its reason."""
     from raysynth.config import ISheepRun
+    from raysynth.pipeline import release_engines
     from raysynth.promotion import Contender, challenge
     from raysynth.store import RunDir
 
@@ -429,6 +430,8 @@ def test_a_worse_candidate_is_rejected_while_the_champion_serves(server, tmp_pat
     finally:
         stop.set()
         thread.join(180)
+        # The evaluation's kept engine holds a CPU: the next tests' Ray Data stages need it on 2 cores.
+        release_engines()
     assert not verdict.promote and champion.name == "it-0", verdict.reason
     assert len(served) >= 4 and set(served) == {"it-0"}, served[:5]
     entry = read_registry(run_dir).models["isheep-iter-09"]
