@@ -139,7 +139,7 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
         model = next_policy(cfg.promotion, str(trained.resolve()), champion)
         step |= {"model": str(trained.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
         run_dir.write_iteration_summary(step)
-    trained = [step["model"] for step in summary["iterations"] if step.get("model")]
-    if trained:
-        summary["model"] = trained[-1]
+    models = [step["model"] for step in summary["iterations"] if step.get("model")]
+    if models:
+        summary["model"] = models[-1]
     return summary

@@ -18,8 +18,8 @@ worst of n samples by the scorer) or seed_po (gold as chosen, M_{t-1}'s answer a
 from __future__ import annotations
 
 import json
-import time
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -176,9 +176,9 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         policy = next_policy(cfg.promotion, str(model.resolve()), champion)
         step |= {"model": str(model.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
         run_dir.write_iteration_summary(step)
-    trained = [step["model"] for step in summary["iterations"] if step.get("model")]
-    if trained:
-        summary["model"] = trained[-1]
+    models = [step["model"] for step in summary["iterations"] if step.get("model")]
+    if models:
+        summary["model"] = models[-1]
     return summary
 
 
