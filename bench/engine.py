@@ -25,7 +25,7 @@ from pathlib import Path
 
 from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.models import resolve_model
-from raysynth.recipes.synpo import SHIPPED_SEED
+from raysynth.shipped import ALPACA_SEED, read_jsonl
 from raysynth.steps.eval import build_respond, respond_step
 
 MODEL = "smollm2-135m"
@@ -33,7 +33,7 @@ MODEL = "smollm2-135m"
 
 def load_prompts(count: int) -> list[str]:
     """The first `count` instructions of the shipped Alpaca slice (with their inputs)."""
-    rows = [json.loads(line) for line in Path(SHIPPED_SEED).read_text().splitlines()[:count]]
+    rows = read_jsonl(ALPACA_SEED, count)
     return [r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "") for r in rows]
 
 

@@ -19,7 +19,6 @@ of 5,000 takes about half an hour on the 2-core machine; its kept set does not v
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -28,18 +27,15 @@ from pathlib import Path
 from rouge_score import rouge_scorer
 
 from raysynth.score.filters import rouge_novelty_reasons, words
-from raysynth.steps import PACKAGE_DIR
+from raysynth.shipped import ALPACA_SEED, CORPUS, IFEVAL, SEED_TASKS, read_jsonl
 
 THRESHOLD = 0.7
 
 
 def shipped_texts() -> list[str]:
-    data = PACKAGE_DIR / "data"
-    rows = [json.loads(line) for name in ("synpo_seed_alpaca", "isheep_seed_tasks", "ifeval_input_data")
-            for line in (data / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+    rows = [row for path in (ALPACA_SEED, SEED_TASKS, IFEVAL) for row in read_jsonl(path)]
     texts = [str(r.get("instruction") or r.get("prompt")) for r in rows]
-    texts += [str(json.loads(line)["text"]).split(". ")[0] for line in
-              (data / "synpo_paragraphs.jsonl").read_text().splitlines() if line.strip()]
+    texts += [str(row["text"]).split(". ")[0] for row in read_jsonl(CORPUS)]
     return [t for t in texts if len(words(t)) >= 4]
 
 

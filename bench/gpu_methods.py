@@ -22,9 +22,8 @@ import pandas as pd
 from train import MAX_LENGTH, write_data
 
 from raysynth.config import TrainConfig
-from raysynth.steps import PACKAGE_DIR
+from raysynth.shipped import ALPACA_SEED, read_jsonl
 
-SHIPPED_SEED = PACKAGE_DIR / "data" / "synpo_seed_alpaca.jsonl"
 
 QUESTION = "Name three primary colours."
 
@@ -42,7 +41,7 @@ def random_model(config_dir: Path, out: Path) -> Path:
 
 def preference_data(path: Path, rows: int) -> Path:
     """Seed instructions with their gold answer as chosen and another row's answer as rejected."""
-    seeds = [json.loads(line) for line in Path(SHIPPED_SEED).read_text().splitlines()][: rows + 1]
+    seeds = read_jsonl(ALPACA_SEED, rows + 1)
     pd.DataFrame({"prompt": [s["instruction"] for s in seeds[:-1]],
                   "chosen": [s["output"] for s in seeds[:-1]],
                   "rejected": [s["output"] for s in seeds[1:]]}).to_parquet(path)

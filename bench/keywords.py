@@ -28,7 +28,7 @@ import psutil
 from raysynth.config import KeywordConfig
 from raysynth.keywords import run_keyword_pool, run_keyword_sample
 from raysynth.pipeline import Lineage, init_ray
-from raysynth.recipes.synpo import SHIPPED_CORPUS
+from raysynth.shipped import CORPUS
 from raysynth.store import RunDir, StageDir, row_id
 
 CHUNK = 50_000
@@ -66,7 +66,7 @@ class PeakMemory:
 
 def shipped_keyword_lists(run: RunDir, lineage: Lineage) -> list[list[str]]:
     """Real keyword lists to tile: the pool stage (YAKE) over the corpus shipped with raysynth."""
-    pool = run_keyword_pool(run, [str(SHIPPED_CORPUS)], "text", KeywordConfig(), 0, lineage)
+    pool = run_keyword_pool(run, [str(CORPUS)], "text", KeywordConfig(), 0, lineage)
     return [[str(k) for k in ks] for ks in pool.read(["keywords"])["keywords"]]
 
 
@@ -105,7 +105,7 @@ def main() -> None:
         lineage = Lineage("bench", 0, "-")
         started = time.time()
         real = shipped_keyword_lists(run, lineage)
-        lines.append(f"pool stage: {len(real)} real keyword lists from {SHIPPED_CORPUS.name} in "
+        lines.append(f"pool stage: {len(real)} real keyword lists from {CORPUS.name} in "
                      f"{time.time() - started:.1f} s (YAKE)")
         # A small warm-up pass first, so that every measured run finds Ray's worker processes started.
         run_keyword_sample(run, 1, tiled_pool(run, "pool-warmup", real, 20_000, lineage), 20_000, cfg, 0,

@@ -29,17 +29,14 @@ import pandas as pd
 
 from raysynth.config import TrainConfig
 from raysynth.models import resolve_model
-from raysynth.steps import PACKAGE_DIR
-
-# Named here, not imported from the recipe, whose libraries a GPU machine running this bench may lack.
-SHIPPED_CORPUS = PACKAGE_DIR / "data" / "synpo_paragraphs.jsonl"
+from raysynth.shipped import CORPUS, read_jsonl
 
 MAX_LENGTH = 256
 
 
 def write_data(path: Path, rows: int) -> Path:
     """`rows` conversations, each well over MAX_LENGTH tokens (shipped corpus paragraphs)."""
-    paragraphs = [json.loads(line)["text"] for line in Path(SHIPPED_CORPUS).read_text().splitlines()]
+    paragraphs = [row["text"] for row in read_jsonl(CORPUS)]
     conversations = []
     for i in range(rows):
         text = " ".join(paragraphs[(i + k) % len(paragraphs)] for k in range(4))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,8 @@ def versus(result: dict[str, Any] | None, champion: Contender) -> dict[str, Any]
 def first_champion(run_dir: RunDir, recipe: str, model: str, model_dir: str) -> Contender:
     """Iteration 0's model, registered as the run's first champion (current, unless the run already has one)."""
     name = f"{recipe}-iter-00"
-    register_model(run_dir.path, name, Path(model_dir), 0, lineage={"recipe": recipe, "reason": "iteration 0"})
+    register_model(run_dir.path, name, Path(model_dir), 0, lineage={"recipe": recipe},
+                   reason="iteration 0")
     return Contender(name, model, 0)
 
 
@@ -126,3 +127,36 @@ def stop_reason(cfg: PromotionConfig, without_promotion: int, started: float) ->
     if cfg.max_minutes is not None and minutes >= cfg.max_minutes:
         return f"stopped: {minutes:.1f} minutes spent (promotion.max_minutes: {cfg.max_minutes})"
     return None
+
+
+@dataclass
+class Ladder:
+    """A recipe's promotion state, owned by its run: the champion, the frozen judge, and what the stop
+    rules count (iterations since the last promotion, the start time). The one-shot recipes (Condor,
+    REFED) climb once."""
+    run_dir: RunDir
+    cfg: RunHeader
+    champion: Contender
+    frozen_judge: str
+    started: float = field(default_factory=time.time)
+    without_promotion: int = 0
+
+    def stop(self) -> str | None:
+        """Why the loop stops before its next iteration, or None: the iteration starts, and counts as
+        one without a promotion until a candidate is promoted."""
+        reason = stop_reason(self.cfg.promotion, self.without_promotion, self.started)
+        if reason is None:
+            self.without_promotion += 1
+        return reason
+
+    def climb(self, t: int, trained: Path, parent: str, data: Path,
+              texts: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+        """`challenge` the champion with iteration `t`'s model. Returns the model the next iteration
+        synthesizes with, and what the iteration's summary records of the verdict."""
+        self.champion, verdict = challenge(self.run_dir, t, self.cfg, trained, parent, data, self.champion,
+                                           self.frozen_judge, texts)
+        if verdict.promote:
+            self.without_promotion = 0
+        model = str(trained.resolve())
+        return (next_policy(self.cfg.promotion, model, self.champion),
+                {"model": model, "promoted": verdict.promote, "verdict": verdict.reason})

@@ -117,9 +117,9 @@ def _point(registry: Registry, name: str, event: Event, reason: str = "") -> Non
 
 
 def register_model(run_dir: Path, name: str, model_dir: Path, iteration: int, make_current: bool = True,
-                   lineage: dict[str, Any] | None = None) -> ModelEntry:
+                   lineage: dict[str, Any] | None = None, reason: str = "") -> ModelEntry:
     """Add `model_dir` under `name` (and, by default, make it current), with its `lineage` (recipe,
-    parent, training_data, config_hash). Registering the same name and directory again (a resumed run
+    parent, training_data, config_hash) and why it is there. Registering the same name and directory again (a resumed run
     passing an iteration it had finished) changes nothing, so a running server is not sent back to an
     older model and a verdict already filed stays; a new directory under an old name replaces it."""
     path = str(Path(model_dir).resolve())
@@ -127,7 +127,8 @@ def register_model(run_dir: Path, name: str, model_dir: Path, iteration: int, ma
         known = registry.models.get(name)
         if known and known.path == path and (registry.current or not make_current):
             return known
-        entry = ModelEntry(name=name, path=path, iteration=iteration, registered_at=time.time(), **(lineage or {}))
+        entry = ModelEntry(name=name, path=path, iteration=iteration, registered_at=time.time(), reason=reason,
+                           **(lineage or {}))
         registry.models[name] = entry
         if make_current:
             _point(registry, name, "champion", "registered as the run's first model" if registry.current is None

@@ -156,10 +156,10 @@ def test_a_corpus_of_repeated_lines_is_killed_mid_pool_and_resumes(tmp_path: Pat
     import sys
 
     from conftest import kill_when
-    from raysynth.recipes.synpo import SHIPPED_CORPUS
+    from raysynth.shipped import CORPUS
     from raysynth.store import StageDir
 
-    lines = SHIPPED_CORPUS.read_text().splitlines()[:150]
+    lines = CORPUS.read_text().splitlines()[:150]
     corpus = tmp_path / "tripled.jsonl"
     corpus.write_text("\n".join(lines * 3) + "\n")
     script = tmp_path / "driver.py"

@@ -11,7 +11,8 @@ import pytest
 
 from raysynth.config import SELF_INSTRUCT_FILTER, AssessmentConfig, ConfigError, DataFilterConfig, ISheepConfig, load_config
 from raysynth.pipeline import Lineage, parse_and_commit, run_decision_stage
-from raysynth.recipes.isheep import SHIPPED_SEED_TASKS, accumulate_sft, load_seed_tasks
+from raysynth.recipes.isheep import accumulate_sft
+from raysynth.shipped import seed_tasks
 from raysynth.score.filter_stage import filter_reasons
 from raysynth.score.self_stats import cluster_labels, data_filter_reasons
 from raysynth.steps import Rejection
@@ -49,7 +50,7 @@ def test_unusable_generated_tasks_are_rejections(reply, reason):
 
 
 def test_generation_requests_sample_seed_examples_per_request_and_iteration():
-    tasks = load_seed_tasks(None)
+    tasks = seed_tasks(None)
     first, again = generation_requests(tasks, 5, 3, 0, 1), generation_requests(tasks, 5, 3, 0, 1)
     assert first == again and len(first) == 5
     assert all(len(json.loads(r["examples"])) == 3 for r in first)
@@ -58,15 +59,6 @@ def test_generation_requests_sample_seed_examples_per_request_and_iteration():
     step = isheep_steps(ISheepConfig())["generate"]
     shown = step.build(first[0], step.template)[0]["content"]
     assert all(t["instruction"] in shown for t in json.loads(first[0]["examples"]))
-
-
-def test_seed_tasks_load_self_instruct_and_alpaca_rows(tmp_path: Path):
-    shipped = load_seed_tasks(None)
-    assert len(shipped) == 175 and SHIPPED_SEED_TASKS.is_file()
-    assert all(t["instruction"] and isinstance(t["input"], str) for t in shipped)
-    path = tmp_path / "alpaca.jsonl"
-    path.write_text(json.dumps({"instruction": "Add.", "input": "2 + 2", "output": "4"}) + "\n")
-    assert load_seed_tasks(path) == [{"instruction": "Add.", "input": "2 + 2"}]
 
 
 @pytest.mark.parametrize("text, reason", [

@@ -4,13 +4,15 @@ no engine (the gate on the real engine, with a server running, is in test_serve.
 
 import math
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from raysynth.config import PromotionConfig
 from raysynth.eval.stats import difference, rate
-from raysynth.promotion import Contender, gate, next_policy, stop_reason, versus
+from raysynth.promotion import Contender, Ladder, gate, next_policy, stop_reason, versus
 from raysynth.registry import make_current, read_registry, record_decision, register_model
+from raysynth.store import RunDir
 from test_registry import cli
 
 
@@ -98,7 +100,7 @@ def test_the_paired_difference_is_narrower_than_the_two_rates():
         difference([1, 0], [1])
 
 
-def test_stop_rules_and_the_next_policy():
+def test_stop_rules_and_the_next_policy(tmp_path):
     champion = Contender("isheep-iter-01", "/runs/m1", 1)
     assert next_policy(PromotionConfig(), "/runs/m3", champion) == "/runs/m3"  # the paper's chain
     assert next_policy(PromotionConfig(next_policy="champion"), "/runs/m3", champion) == "/runs/m1"
@@ -106,6 +108,10 @@ def test_stop_rules_and_the_next_policy():
     assert "2 iterations in a row without a promotion" in stop_reason(PromotionConfig(patience=2), 2, time.time())
     assert stop_reason(PromotionConfig(patience=2), 1, time.time()) is None
     assert "minutes spent" in stop_reason(PromotionConfig(max_minutes=1), 0, time.time() - 61)
+    # The loop's state object counts each started iteration until a promotion resets the count.
+    ladder = Ladder(RunDir(tmp_path / "run"), SimpleNamespace(promotion=PromotionConfig(patience=2)), champion, "judge")
+    assert ladder.stop() is None and ladder.stop() is None
+    assert "2 iterations in a row without a promotion" in ladder.stop()
 
 
 def test_verdicts_statuses_and_the_timeline_in_the_registry(tmp_path):

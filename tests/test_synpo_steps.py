@@ -1,8 +1,6 @@
 """SynPO's pure pieces on fixed strings: keyword extraction and exclusion, the iteration bands, the
-generator's training keywords, prompt and improvement parsing, sampling-ranking, seed loading,
-config errors."""
+generator's training keywords, prompt and improvement parsing, sampling-ranking, config errors."""
 
-import json
 import random
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 
 from raysynth.config import ConfigError, KeywordConfig, load_config
 from raysynth.keywords import candidates, in_band, keyword_reason, list_reason, pick_keywords
-from raysynth.recipes.synpo import SHIPPED_CORPUS, SHIPPED_SEED, best_worst, generator_rows, seed_rows
+from raysynth.recipes.synpo import best_worst, generator_rows
 from raysynth.steps import Rejection
 from raysynth.steps.synpo import (clean_reply, generator_keywords, parse_generated_prompt, parse_improved,
                                   synpo_steps, templates)
@@ -123,16 +121,6 @@ def test_best_worst_with_absolute_reward_model_scores():
     scored["score_gap"] = scored["score_a"] - scored["score_b"]
     (pair,) = best_worst(scored)
     assert (pair["chosen"], pair["rejected"]) == ("s0", "s2") and pair["score_gap"] == pytest.approx(4.0)
-
-
-def test_seed_rows_read_alpaca_and_prompt_response(tmp_path: Path):
-    rows = seed_rows(None, 5)
-    assert len(rows) == 5 and all(r["prompt"] and r["gold"] for r in rows)
-    path = tmp_path / "seed.jsonl"
-    path.write_text(json.dumps({"instruction": "Add.", "input": "2 + 2", "output": "4"}) + "\n"
-                    + json.dumps({"prompt": "Hi?", "response": "Hello."}) + "\n")
-    assert seed_rows(path, None) == [{"prompt": "Add.\n\n2 + 2", "gold": "4"}, {"prompt": "Hi?", "gold": "Hello."}]
-    assert SHIPPED_SEED.is_file() and SHIPPED_CORPUS.is_file()
 
 
 @pytest.mark.parametrize("body, message", [

@@ -23,6 +23,7 @@ from raysynth.eval.ifeval import check_response, load_ifeval
 from raysynth.eval.stats import difference, rate, ratio
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
+from raysynth.shipped import read_jsonl
 from raysynth.steps.eval import respond_step
 from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
 from raysynth.store import RunDir, atomic_write_json, stable_hash
@@ -94,8 +95,7 @@ def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict
 
 
 def _winrate_prompts(path: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"key": str(i), "prompt": r.get("prompt") or r["instruction"]} for i, r in enumerate(rows)]
+    return [{"key": str(i), "prompt": r.get("prompt") or r["instruction"]} for i, r in enumerate(read_jsonl(path))]
 
 
 def evaluate(run: RunDir, iteration: int, model: str, engine: EngineConfig, cfg: EvalConfig,

@@ -10,20 +10,17 @@ directory and points NLTK there.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from raysynth.models import cache_dir
-from raysynth.steps import PACKAGE_DIR
-
-SHIPPED_IFEVAL = PACKAGE_DIR / "data" / "ifeval_input_data.jsonl"
+from raysynth.shipped import IFEVAL, read_jsonl
 
 
 def load_ifeval(path: Path | None, limit: int | None) -> list[dict[str, Any]]:
     """The first `limit` IFEval rows (key, prompt, instruction_id_list, kwargs); None: all 541."""
-    rows = [json.loads(line) for line in Path(path or SHIPPED_IFEVAL).read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path or IFEVAL)
     return rows[:limit] if limit else rows
 
 

@@ -24,20 +24,18 @@ from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
-from raysynth.promotion import challenge, first_champion
-from raysynth.steps import PACKAGE_DIR
+from raysynth.promotion import Ladder, first_champion
+from raysynth.shipped import CONDOR_TAG_TREE, seed_tasks
 from raysynth.steps.condor import condor_steps, tree_step
 from raysynth.store import RunDir, stable_hash
 from raysynth.train import train_model
 
 RECIPE = "condor"
-# The question prompt's examples: the 175 self-instruct seed tasks (a general pool, any domain).
-SHIPPED_EXAMPLES = PACKAGE_DIR / "data" / "isheep_seed_tasks.jsonl"
 
 
 def load_tag_tree(path: Path | None) -> dict[str, Any]:
     if path is None:
-        return json.loads((PACKAGE_DIR / "data" / "condor_tag_tree.json").read_text())
+        return json.loads(CONDOR_TAG_TREE.read_text())
     return json.loads(Path(path).read_text())
 
 
@@ -78,9 +76,9 @@ def add_grown_tags(tree: dict[str, Any], grown: list[dict[str, Any]]) -> dict[st
 
 
 def example_questions(path: Path | None) -> list[str]:
-    """The pool the question prompt's examples are drawn from: `instruction` of each JSONL line."""
-    lines = Path(path or SHIPPED_EXAMPLES).read_text().splitlines()
-    return [str(json.loads(line)["instruction"]) for line in lines if line.strip()]
+    """The pool the question prompt's examples are drawn from: `instruction` of each JSONL line (None:
+    the 175 Self-Instruct seed tasks, a general pool of any domain)."""
+    return [task["instruction"] for task in seed_tasks(path)]
 
 
 def build_tag_tree(run_dir: RunDir, cfg: TagTreeConfig, engine: EngineConfig, model_dir: str,
@@ -177,11 +175,10 @@ def run(cfg: CondorRun) -> dict[str, Any]:
         questions = [str(q) for q in current.read(["question"])["question"]]
         evaluate(run_dir, 0, student, cfg.engine, cfg.eval, texts=questions)
     if cfg.train is not None and export["rows"]:
-        trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
-                              run_dir.iteration_dir(0), cfg.engine.trust_remote_code,
-                              cfg.engine.prompt_format)
+        data, student_dir = Path(str(export["parquet"])), resolve_model(student)
+        trained = train_model(cfg.train, data, student, student_dir, run_dir.iteration_dir(0),
+                              cfg.engine.trust_remote_code, cfg.engine.prompt_format)
         # Iteration 1: the student trained on them, against itself before (the first champion).
-        champion = first_champion(run_dir, RECIPE, student, resolve_model(student))
-        _, verdict = challenge(run_dir, 1, cfg, trained, student, Path(str(export["parquet"])), champion, student)
-        export |= {"model": str(trained.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
+        ladder = Ladder(run_dir, cfg, first_champion(run_dir, RECIPE, student, student_dir), student)
+        export |= ladder.climb(1, trained, student, data)[1]
     return export

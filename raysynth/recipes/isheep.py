@@ -15,8 +15,6 @@ Each iteration writes `iter-NN/iteration.json` (the data funnel and score histog
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +26,15 @@ from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_decision_stage, run_llm_stage, write_source_stage
-from raysynth.promotion import challenge, first_champion, next_policy, stop_reason
+from raysynth.promotion import Ladder, first_champion
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.self_stats import data_filter_reasons, run_self_stats_stage
-from raysynth.steps import PACKAGE_DIR
+from raysynth.shipped import seed_tasks
 from raysynth.steps.isheep import ASPECTS, generation_requests, isheep_steps, threshold_reason
 from raysynth.store import RunDir, StageDir, stable_hash
 from raysynth.train import train_model
 
 RECIPE = "isheep"
-SHIPPED_SEED_TASKS = PACKAGE_DIR / "data" / "isheep_seed_tasks.jsonl"
-
-
-def load_seed_tasks(path: Path | None) -> list[dict[str, str]]:
-    """(instruction, input) seed tasks: Self-Instruct rows (input of the first instance) or
-    instruction/input rows (Alpaca)."""
-    tasks = []
-    for line in (path or SHIPPED_SEED_TASKS).read_text().splitlines():
-        if line.strip():
-            item = json.loads(line)
-            task_input = item["instances"][0].get("input", "") if item.get("instances") else item.get("input", "")
-            tasks.append({"instruction": item["instruction"], "input": task_input or ""})
-    return tasks
 
 
 def score_histograms(assessed: StageDir, level: str) -> dict[str, dict[str, int]]:
@@ -74,17 +59,15 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
     run_dir, s = RunDir(cfg.run_dir, cfg.stop_after, cfg.on_empty), cfg.isheep
     base = cfg.engine.model
     steps = isheep_steps(s)
-    tasks = load_seed_tasks(s.seed_tasks)
+    tasks = seed_tasks(s.seed_tasks)
     if cfg.eval is not None:
         evaluate(run_dir, 0, base, cfg.engine, cfg.eval)
-    champion = first_champion(run_dir, RECIPE, base, engine_for(cfg.engine, base)[1])
-
-    model, sft_files, summary, started, without_promotion = base, [], {"iterations": []}, time.time(), 0
+    ladder = Ladder(run_dir, cfg, first_champion(run_dir, RECIPE, base, engine_for(cfg.engine, base)[1]), base)
+    model, sft_files, summary = base, [], {"iterations": []}
     for t in range(1, s.iterations + 1):
-        if stopped := stop_reason(cfg.promotion, without_promotion, started):
+        if stopped := ladder.stop():
             summary["stopped"] = stopped
             break
-        without_promotion += 1
         lineage, (engine, model_dir) = Lineage(RECIPE, t, model), engine_for(cfg.engine, model)
         requests = generation_requests(tasks, s.instructions_per_iteration, s.icl_examples, cfg.seed, t)
         asked = write_source_stage(run_dir, t, "requests", requests, {"rows": stable_hash(requests)}, lineage)
@@ -134,12 +117,8 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
         trained = train_model(cfg.train, data, start, engine_for(cfg.engine, start)[1], run_dir.iteration_dir(t),
                               cfg.engine.trust_remote_code, cfg.engine.prompt_format)
         texts = [str(i) for i in kept.read(["instruction"])["instruction"]]
-        champion, verdict = challenge(run_dir, t, cfg, trained, start, data, champion, base, texts)
-        without_promotion = 0 if verdict.promote else without_promotion
-        model = next_policy(cfg.promotion, str(trained.resolve()), champion)
-        step |= {"model": str(trained.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
+        model, outcome = ladder.climb(t, trained, start, data, texts)
+        step |= outcome
+        summary["model"] = step["model"]
         run_dir.write_iteration_summary(step)
-    models = [step["model"] for step in summary["iterations"] if step.get("model")]
-    if models:
-        summary["model"] = models[-1]
     return summary

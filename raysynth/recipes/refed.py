@@ -29,10 +29,10 @@ from raysynth.eval import evaluate
 from raysynth.export import export_sft
 from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
-from raysynth.recipes.synpo import SHIPPED_SEED, seed_rows
-from raysynth.promotion import challenge, first_champion
+from raysynth.promotion import Ladder, first_champion
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import run_pair_scores
+from raysynth.shipped import seed_pairs
 from raysynth.steps.refed import refed_steps
 from raysynth.store import RunDir, StageDir, stable_hash
 from raysynth.train import train_model
@@ -45,7 +45,7 @@ def reference_rows(path: Path | None, limit: int | None) -> list[dict[str, Any]]
     """References as (ref_prompt, ref_output): Alpaca rows or prompt/response rows (the default is the
     Alpaca slice shipped with raysynth)."""
     return [{"reference": i, "ref_prompt": row["prompt"], "ref_output": row["gold"]}
-            for i, row in enumerate(seed_rows(path or SHIPPED_SEED, limit))]
+            for i, row in enumerate(seed_pairs(path, limit))]
 
 
 def synthesis_requests(feedback: StageDir, features: list[str]) -> list[dict[str, Any]]:
@@ -144,13 +144,11 @@ def train_and_evaluate(cfg: RefedRun, run_dir: RunDir, export: dict[str, Any], s
     run_dir.write_iteration_summary(step)
     summary = {**export, "iterations": [step]}
     if cfg.train is not None and export["rows"]:
-        trained = train_model(cfg.train, Path(str(export["parquet"])), student, resolve_model(student),
-                              run_dir.iteration_dir(1), cfg.engine.trust_remote_code,
-                              cfg.engine.prompt_format)
-        champion = first_champion(run_dir, RECIPE, student, resolve_model(student))
-        _, verdict = challenge(run_dir, 1, cfg, trained, student, Path(str(export["parquet"])), champion, student,
-                               texts)
-        step |= {"model": str(trained.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
+        data, student_dir = Path(str(export["parquet"])), resolve_model(student)
+        trained = train_model(cfg.train, data, student, student_dir, run_dir.iteration_dir(1),
+                              cfg.engine.trust_remote_code, cfg.engine.prompt_format)
+        ladder = Ladder(run_dir, cfg, first_champion(run_dir, RECIPE, student, student_dir), student)
+        step |= ladder.climb(1, trained, student, data, texts)[1]
         summary["model"] = step["model"]
         run_dir.write_iteration_summary(step)
     return summary

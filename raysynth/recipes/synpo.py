@@ -17,9 +17,7 @@ worst of n samples by the scorer) or seed_po (gold as chosen, M_{t-1}'s answer a
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,35 +30,15 @@ from raysynth.export import export_preferences, export_sft, select_pairs
 from raysynth.keywords import candidates, run_keyword_pool, run_keyword_sample
 from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, finish_stage, open_stage, run_llm_stage, write_source_stage
-from raysynth.promotion import challenge, first_champion, next_policy, stop_reason
+from raysynth.promotion import Ladder, first_champion
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import filter_and_commit, run_pair_scores
-from raysynth.steps import PACKAGE_DIR
+from raysynth.shipped import CORPUS, seed_pairs
 from raysynth.steps.synpo import generator_keywords, generator_message, improver_message, synpo_steps, templates
 from raysynth.store import RunDir, StageDir, atomic_write_parquet, stable_hash
 from raysynth.train import train_model
 
 RECIPE = "synpo"
-SHIPPED_SEED = PACKAGE_DIR / "data" / "synpo_seed_alpaca.jsonl"
-SHIPPED_CORPUS = PACKAGE_DIR / "data" / "synpo_paragraphs.jsonl"
-
-
-def seed_rows(path: Path | None, limit: int | None) -> list[dict[str, str]]:
-    """(prompt, gold) rows: Alpaca's instruction + input and output, or prompt/response rows."""
-    rows = []
-    with open(path or SHIPPED_SEED) as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            if "instruction" in item:
-                prompt = item["instruction"] + (f"\n\n{item['input']}" if item.get("input") else "")
-                rows.append({"prompt": prompt, "gold": item["output"]})
-            else:
-                rows.append({"prompt": item["prompt"], "gold": item["response"]})
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
 
 
 def generator_rows(seeds: list[dict[str, str]], keyword_cfg, template: str, seed: int) -> list[dict[str, Any]]:
@@ -103,25 +81,23 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
 
     # Self-prompt generator: the initial model fine-tuned once on keywords -> seed prompt.
     lineage = Lineage(RECIPE, 0, initial)
-    seed_list = seed_rows(s.seed_data, s.seed_limit)
+    seed_list = seed_pairs(s.seed_data, s.seed_limit)
     seeds = write_source_stage(run_dir, 0, "seed", seed_list, {"rows": stable_hash(seed_list)}, lineage)
     made = generator_rows(seed_list, s.keywords, text["generate_prompt"], cfg.seed)
     generator_data = write_source_stage(run_dir, 0, "generator-data", made, {"rows": stable_hash(made)}, lineage)
     generator_sft = export_sft(generator_data, run_dir.iteration_dir(0) / "generator-sft", "generator_input", "prompt")
     generator = str(train_model(s.generator_train, Path(str(generator_sft["parquet"])), initial, initial_dir,
                                 run_dir.iteration_dir(0), cfg.engine.trust_remote_code, cfg.engine.prompt_format))
-    corpus = s.corpus or [str(SHIPPED_CORPUS)]
+    corpus = s.corpus or [str(CORPUS)]
     pool = run_keyword_pool(run_dir, corpus, s.text_column, s.keywords, cfg.seed, lineage)
     if cfg.eval is not None:
         evaluate(run_dir, 0, initial, cfg.engine, cfg.eval)
-    champion = first_champion(run_dir, RECIPE, initial, initial_dir)
-
-    policy, selections, summary, started, without_promotion = initial, [], {"iterations": []}, time.time(), 0
+    ladder = Ladder(run_dir, cfg, first_champion(run_dir, RECIPE, initial, initial_dir), initial)
+    policy, selections, summary = initial, [], {"iterations": []}
     for t in range(1, s.iterations + 1):
-        if stopped := stop_reason(cfg.promotion, without_promotion, started):
+        if stopped := ladder.stop():
             summary["stopped"] = stopped
             break
-        without_promotion += 1
         lineage = Lineage(RECIPE, t, policy)
         keywords = run_keyword_sample(run_dir, t, pool, s.prompts_per_iteration, s.keywords, cfg.seed, lineage)
         generated = run_llm_stage(run_dir, t, steps["generate_prompt"], keywords, *engine_for(cfg.engine, generator),
@@ -171,14 +147,10 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         model = train_model(cfg.train, Path(data["parquet"]), initial, initial_dir, run_dir.iteration_dir(t),
                             cfg.engine.trust_remote_code, cfg.engine.prompt_format)
         texts = [str(p) for p in prompts.read(["prompt"])["prompt"]]
-        champion, verdict = challenge(run_dir, t, cfg, model, initial, Path(data["parquet"]), champion, initial, texts)
-        without_promotion = 0 if verdict.promote else without_promotion
-        policy = next_policy(cfg.promotion, str(model.resolve()), champion)
-        step |= {"model": str(model.resolve()), "promoted": verdict.promote, "verdict": verdict.reason}
+        policy, outcome = ladder.climb(t, model, initial, Path(data["parquet"]), texts)
+        step |= outcome
+        summary["model"] = step["model"]
         run_dir.write_iteration_summary(step)
-    models = [step["model"] for step in summary["iterations"] if step.get("model")]
-    if models:
-        summary["model"] = models[-1]
     return summary
 
 

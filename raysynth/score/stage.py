@@ -17,8 +17,6 @@ from raysynth.score.filters import gap_reason, repetition_reason
 from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
 from raysynth.store import RunDir, StageDir
 
-SCORE_COLUMNS = ["score_a", "score_b", "score_gap", "score_error"]
-
 
 class ScoreActor:
     """Callable class for `map_batches`: adds score_a, score_b, score_gap (= a - b), score_error."""
