@@ -11,6 +11,7 @@ import pytest
 from raysynth.models import resolve_model
 from raysynth.store import RunDir
 from conftest import assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, run_raysynth
+from tiny_models import build_tiny_pairrm
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,8 @@ synpo:
   iterations: 2
   prompts_per_iteration: 6
   pairs_per_iteration: 4
-  scorer: {{kind: llm_judge, gap_threshold: 0, judge: {{pairwise: {{max_tokens: 64}}, max_explanation_chars: 80}}}}
+  # PairRM at the paper's threshold (0.20) and repetition filter (50%): a tiny PairRM built by the test.
+  scorer: {{kind: pairrm, model: {pairrm}, max_length: 128}}
   steps:
     generate_prompt: {{max_tokens: 48}}
     answer: {{max_tokens: 48}}
@@ -46,7 +48,8 @@ def synpo_run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("synpo")
     run_dir = directory / "run"
     config = directory / "tiny-synpo.yaml"
-    config.write_text(TINY_SYNPO.format(run_dir=run_dir))
+    pairrm = build_tiny_pairrm(directory / "pairrm", head_scale=100)
+    config.write_text(TINY_SYNPO.format(run_dir=run_dir, pairrm=pairrm))
 
     # Kill the driver once a stage of iteration 1 is partly committed, as a crash would.
     killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 1), 1500)
@@ -85,6 +88,12 @@ def test_two_iterations_train_register_and_evaluate(synpo_run):
     accumulated = pd.read_parquet(run_dir / "iter-02" / "preferences" / "accumulated.parquet")
     assert set(first["id"]) <= set(accumulated["id"]) and accumulated["id"].is_unique
     assert 0 < len(first) <= 4
+    # The paper's PairRM threshold at work: every kept pair and seed row passed 0.20, and it dropped some.
+    scored = [s for s in RunDir(run_dir).stages() if s.name.rsplit("-", 1)[0] in ("pairs", "seed-pairs")]
+    assert len(scored) == 4
+    for stage in scored:
+        assert (stage.read(["score_gap"])["score_gap"] >= 0.20).all(), stage.name
+    assert sum(s.manifest()["rejected"].get("gap_below_threshold", 0) for s in scored) > 0
     for t in (0, 1, 2):
         result = json.loads((run_dir / "eval" / f"iter-{t:02d}.json").read_text())
         strict = result["ifeval"]["prompt_strict"]
@@ -185,7 +194,8 @@ def test_seed_po_pairs_the_gold_answer_against_the_policys(local_ray, tmp_path):
     from raysynth.config import SynpoRun
     from raysynth.models import engine_for
     from raysynth.pipeline import Lineage, write_source_stage
-    from raysynth.recipes.synpo import seed_preferences, seed_rows
+    from raysynth.recipes.synpo import seed_preferences
+    from raysynth.shipped import seed_pairs
 
     cfg = SynpoRun.model_validate({
         "recipe": "synpo", "run_dir": str(tmp_path / "run"), "engine": {"batch_size": 4},
@@ -193,7 +203,7 @@ def test_seed_po_pairs_the_gold_answer_against_the_policys(local_ray, tmp_path):
                   "scorer": {"kind": "llm_judge", "gap_threshold": 0,
                              "judge": {"pairwise": {"max_tokens": 64}, "max_explanation_chars": 80}}}})
     run = RunDir(cfg.run_dir)
-    rows = seed_rows(None, 3)
+    rows = seed_pairs(None, 3)
     seeds = write_source_stage(run, 0, "seed", rows, {"rows": 3}, Lineage("synpo", 0, "smollm2-135m"))
     pairs = seed_preferences(run, 1, seeds, cfg, "smollm2-135m", *engine_for(cfg.engine, "smollm2-135m"))
     manifest = pairs.manifest()
@@ -213,9 +223,9 @@ def test_a_parquet_corpus_gives_the_pool_its_jsonl_copy_gives(local_ray, tmp_pat
     from raysynth.config import KeywordConfig
     from raysynth.keywords import run_keyword_pool
     from raysynth.pipeline import Lineage
-    from raysynth.recipes.synpo import SHIPPED_CORPUS
+    from raysynth.shipped import CORPUS, read_jsonl
 
-    texts = [json.loads(line)["text"] for line in SHIPPED_CORPUS.read_text().splitlines()[:30]]
+    texts = [row["text"] for row in read_jsonl(CORPUS, 30)]
     jsonl = tmp_path / "corpus.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     parquet = tmp_path / "corpus-parquet"

@@ -7,9 +7,12 @@ WORDS = ("what is the capital of france paris london a city on seine i do not kn
          "hard to say tell me about cats dogs they are pets good bad answer question yes no").split()
 
 
-def build_tiny_pairrm(path: Path) -> Path:
+def build_tiny_pairrm(path: Path, head_scale: float = 1.0) -> Path:
     """PairRM-hf layout: DeBERTa-v2 config plus PairRM's fields, `pretrained_model.*` and
-    `head_layer.*` weights, a fast tokenizer with the prefix tokens as special tokens."""
+    `head_layer.*` weights, a fast tokenizer with the prefix tokens as special tokens. Seeded. Its
+    random head gives gaps of about 0.01; `head_scale` 100 spreads them to about 1, so that a recipe
+    at PairRM's paper threshold (0.20) keeps some pairs and drops others (about 40% kept)."""
+    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import DebertaV2Config, PreTrainedTokenizerFast
 
@@ -29,7 +32,12 @@ def build_tiny_pairrm(path: Path) -> Path:
         max_position_embeddings=512, pad_token_id=0, n_tasks=1, drop_out=0.05,
         sep_token_id=vocab["[SEP]"], source_prefix_id=vocab["<|source|>"], cand_prefix_id=vocab["<|candidate|>"],
         cand1_prefix_id=vocab["<|candidate1|>"], cand2_prefix_id=vocab["<|candidate2|>"])
-    PairRMModel(config).save_pretrained(path)
+    torch.manual_seed(0)
+    model = PairRMModel(config)
+    with torch.no_grad():
+        model.head_layer[-1].weight.mul_(head_scale)
+        model.head_layer[-1].bias.mul_(head_scale)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
