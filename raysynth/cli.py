@@ -66,7 +66,10 @@ def _run_holding_the_lock(cfg, lock) -> None:
 
     atomic_write_bytes(cfg.run_dir / "config.yaml", _dump_yaml(cfg).encode())
     started = time.time()
-    init_ray()
+    log_file = cfg.run_dir / "logs" / "driver.log"
+    init_ray(log_file)
+    typer.echo(f"Ray's and warnings' log lines: {log_file} (the engines' and workers' own logs: Ray's session "
+               "directory, /tmp/ray/session_latest/logs on a local run)")
     _one_message_per_failure()
     lock.note_ray_job(ray.get_runtime_context().get_job_id())
     try:

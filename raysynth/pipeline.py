@@ -14,10 +14,12 @@ The driver only sees one small stats row per batch, for the progress bar.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -50,10 +52,36 @@ class Lineage:
                 "template": template, "template_hash": template_hash}
 
 
-def init_ray() -> None:
-    """Join the cluster in RAY_ADDRESS when set, otherwise start a local Ray."""
+def log_to_file(path: Path) -> None:
+    """The driver's log lines (Ray's, Ray Data's) and Python warnings go to `path`, not the console,
+    which keeps our progress bars and tables. The actors' own logs (vLLM, training workers) never
+    reach the driver (`log_to_driver=False`): they stay in Ray's session directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("ray").setLevel(logging.INFO)
+    # Ray Data gives its logger a console handler of its own (and a file in Ray's session directory)
+    # when imported, and does not pass lines on: its console handler gives way to ours.
+    import ray.data  # sets up that logger when first imported
+
+    data_logger = logging.getLogger(ray.data.__name__)
+    for console in [h for h in data_logger.handlers if type(h) is not logging.FileHandler
+                    and isinstance(h, logging.StreamHandler)]:
+        data_logger.removeHandler(console)
+    data_logger.addHandler(handler)
+    logging.captureWarnings(True)
+
+
+def init_ray(log_file: Path | None = None) -> None:
+    """Join the cluster in RAY_ADDRESS when set, otherwise start a local Ray; with `log_file`, the
+    driver logs there (`log_to_file`)."""
+    if log_file is not None:
+        log_to_file(log_file)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+        # configure_logging=False: Ray's logger keeps no console handler and passes its lines on to
+        # the file's handler.
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=log_file is None,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar per stage from the driver instead of one per operator
@@ -252,7 +280,7 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
             # Light tasks hand each batch to a kept engine; two per engine keep it fed.
             ds = ds.map_batches(build_prompts, num_cpus=LIGHT_TASK_CPUS, **prompts)
             ds = ds.map_batches(generate_on_engines, batch_format="pandas", batch_size=engine.batch_size,
-                                num_cpus=LIGHT_TASK_CPUS, concurrency=2 * len(actors),
+                                num_cpus=LIGHT_TASK_CPUS, compute=ray.data.TaskPoolStrategy(size=2 * len(actors)),
                                 fn_kwargs={"actors": actors, "engine": engine, **step_args})
         else:
             ds = ds.map_batches(build_prompts, **prompts)

@@ -5,6 +5,7 @@ run resumed without recomputing feedback; then the report. The sample-level abla
 on the engine too."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 from conftest import assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, run_raysynth
 from raysynth.registry import read_registry
 from raysynth.store import RunDir
+from tiny_models import build_tiny_pairrm
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +30,9 @@ refed:
   instructions_per_feature: 2
   diversity_filter: {{rouge_l_max: 0.7}}
   judge_filter: true
-  judge: {{kind: llm_judge, gap_threshold: 0, judge: {{pairwise: {{max_tokens: 64}}, max_explanation_chars: 60}}}}
+  # A tiny PairRM built by the test, at PairRM's paper threshold (0.20): the 135M model as an LLM judge
+  # calls nearly every pair a tie, so its own default (agreed wins in both orders) would keep nothing.
+  judge: {{kind: pairrm, model: {pairrm}, max_length: 128}}
   steps:
     instruction_feedback: {{max_tokens: 96}}
     response_feedback: {{max_tokens: 128}}
@@ -54,14 +58,14 @@ def refed_run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("refed")
     run_dir = directory / "run"
     config = directory / "tiny-refed.yaml"
-    config.write_text(TINY_REFED.format(run_dir=run_dir))
+    config.write_text(TINY_REFED.format(run_dir=run_dir, pairrm=build_tiny_pairrm(directory / "pairrm", head_scale=100)))
     killed_in = kill_driver_when(config, lambda: partly_committed(run_dir, 1), 1500)
     assert killed_in is not None, "the run ended before a synthesis stage was partly done"
     feedback_at_kill = feedback_stages(run_dir)
     markers_at_kill = {m.name for m in (killed_in.path / "_done").glob("*.json")}
     result = run_raysynth("run", str(config), timeout=2400)
     return {"run_dir": run_dir, "config": config, "killed_in": killed_in, "markers_at_kill": markers_at_kill,
-            "feedback_at_kill": feedback_at_kill, "output": result.stdout}
+            "feedback_at_kill": feedback_at_kill, "console": result.stdout + result.stderr}
 
 
 def test_resumed_without_loss_and_feedback_was_not_recomputed(refed_run):
@@ -115,6 +119,16 @@ def test_synthesis_improves_judges_trains_and_evaluates(refed_run):
         assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 4
 
 
+def test_the_console_leaves_ray_log_lines_to_the_run_s_log_file(refed_run):
+    """Ray's own lines ("<time>\tINFO worker.py:2029 -- Started a local Ray instance") go to
+    logs/driver.log; the console keeps raysynth's lines."""
+    ray_line = re.compile(r"\t(DEBUG|INFO|WARNING) \S+\.py:\d+ -- ")
+    assert not ray_line.search(refed_run["console"]), refed_run["console"][-3000:]
+    log_file = refed_run["run_dir"] / "logs" / "driver.log"
+    assert "Started a local Ray instance" in log_file.read_text()
+    assert str(log_file) in refed_run["console"]  # its path, printed once
+
+
 def test_report_shows_references_rates_and_ifeval(refed_run):
     run_dir = refed_run["run_dir"]
     run_raysynth("report", str(run_dir))
@@ -128,7 +142,7 @@ def test_report_shows_references_rates_and_ifeval(refed_run):
 def test_the_seed_only_baseline_trains_on_the_references_alone(tmp_path):
     """The paper's seed-only baseline: SFT on the curated references, no feedback or synthesis."""
     config = tmp_path / "seed-only.yaml"
-    config.write_text(TINY_REFED.format(run_dir=tmp_path / "run"))
+    config.write_text(TINY_REFED.format(run_dir=tmp_path / "run", pairrm="unused"))
     run_raysynth("run", str(config), "--set", "refed.training_data=references", "--set", "eval=null")
     run_dir = tmp_path / "run"
     assert [s.name.rsplit("-", 1)[0] for s in RunDir(run_dir).stages()] == ["references"]
