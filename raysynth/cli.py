@@ -334,10 +334,17 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.command("list")
-def models_list(run_dir: Path = typer.Option(..., "--run-dir", help="A run directory")) -> None:
+def models_list(
+    run_dir_argument: Path | None = typer.Argument(None, metavar="[RUN_DIR]", help="A run directory"),
+    run_dir_option: Path | None = typer.Option(None, "--run-dir", help="The same, as an option"),
+) -> None:
     """Every model of the run: lineage (recipe, iteration, parent, training data, config hash), status
     (champion, retired, rolled back, candidate, rejected), the promotion gate's reason with the
-    candidate's metrics against the champion it faced, and the champion timeline."""
+    candidate's metrics against the champion it faced, and the champion timeline.
+    raysynth models list RUN_DIR  (or --run-dir RUN_DIR)."""
+    run_dir = run_dir_argument or run_dir_option
+    if run_dir is None:
+        raise typer.BadParameter("name the run directory: raysynth models list RUN_DIR")
     from rich.console import Console
     from rich.table import Table
 

@@ -149,7 +149,7 @@ def test_models_promote_and_rollback_from_the_command_line(tmp_path):
     register_model(run, "r-iter-01", tmp_path / "m1", 1, make_current=False,
                    lineage={"recipe": "r", "parent": str(tmp_path / "m0"), "config_hash": "abc123"})
     record_decision(run, "r-iter-01", False, "rejected: win rate 0.480 [0.400, 0.560] (n=100)")
-    listed = cli("models", "list", "--run-dir", str(run))
+    listed = cli("models", "list", str(run))
     assert listed.returncode == 0, listed.stderr
     assert "r-iter-00 *" in listed.stdout and "rejected" in listed.stdout and "win rate 0.480" in listed.stdout
     assert "champion timeline" in listed.stdout and "abc123" in listed.stdout
