@@ -59,8 +59,13 @@ def log_to_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)  # Ray Data logs at DEBUG: its operator statistics, thousands of lines
     logging.getLogger().addHandler(handler)
-    logging.getLogger("ray").setLevel(logging.INFO)
+    # Ray's logger stops its lines at itself (propagate off, a console handler that init_ray has Ray
+    # clear): they go on to the file's handler instead.
+    ray_logger = logging.getLogger("ray")
+    ray_logger.setLevel(logging.INFO)
+    ray_logger.propagate = True
     # Ray Data gives its logger a console handler of its own (and a file in Ray's session directory)
     # when imported, and does not pass lines on: its console handler gives way to ours.
     import ray.data  # sets up that logger when first imported
