@@ -20,6 +20,9 @@ TINY_SYNPO = """\
 recipe: synpo
 run_dir: {run_dir}
 seed: 0
+# At the paper's threshold a tiny iteration can lose all its pairs (iteration 2 kept 0 of 5 once): the
+# run goes on with the pairs accumulated so far instead of stopping.
+on_empty: continue
 engine:
   model: smollm2-135m
   batch_size: 2
@@ -94,6 +97,9 @@ def test_two_iterations_train_register_and_evaluate(synpo_run):
     for stage in scored:
         assert (stage.read(["score_gap"])["score_gap"] >= 0.20).all(), stage.name
     assert sum(s.manifest()["rejected"].get("gap_below_threshold", 0) for s in scored) > 0
+    for stage in scored:  # a stage left empty was said on the console, and the run went on
+        if not stage.manifest()["rows_out"]:
+            assert f"[empty] {stage.path.parent.name}/{stage.name} kept 0" in synpo_run["output"]
     for t in (0, 1, 2):
         result = json.loads((run_dir / "eval" / f"iter-{t:02d}.json").read_text())
         strict = result["ifeval"]["prompt_strict"]
