@@ -133,7 +133,9 @@ def merge_checkpoint(hf_checkpoint: Path, base_model_dir: str, out: Path, lora: 
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # loading and writing bars of a model this small: console noise
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if lora:
