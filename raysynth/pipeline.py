@@ -71,8 +71,8 @@ def log_to_file(path: Path) -> None:
     import ray.data  # sets up that logger when first imported
 
     data_logger = logging.getLogger(ray.data.__name__)
-    for console in [h for h in data_logger.handlers if type(h) is not logging.FileHandler
-                    and isinstance(h, logging.StreamHandler)]:
+    for console in [h for h in data_logger.handlers
+                    if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]:
         data_logger.removeHandler(console)
     data_logger.addHandler(handler)
     logging.captureWarnings(True)

@@ -119,9 +119,10 @@ def _point(registry: Registry, name: str, event: Event, reason: str = "") -> Non
 def register_model(run_dir: Path, name: str, model_dir: Path, iteration: int, make_current: bool = True,
                    lineage: dict[str, Any] | None = None, reason: str = "") -> ModelEntry:
     """Add `model_dir` under `name` (and, by default, make it current), with its `lineage` (recipe,
-    parent, training_data, config_hash) and why it is there. Registering the same name and directory again (a resumed run
-    passing an iteration it had finished) changes nothing, so a running server is not sent back to an
-    older model and a verdict already filed stays; a new directory under an old name replaces it."""
+    parent, training_data, config_hash) and the `reason` it is there. Registering the same name and
+    directory again (a resumed run passing an iteration it had finished) changes nothing, so a running
+    server is not sent back to an older model and a verdict already filed stays; a new directory under
+    an old name replaces it."""
     path = str(Path(model_dir).resolve())
     with _locked(run_dir) as registry:
         known = registry.models.get(name)

@@ -20,8 +20,7 @@ from raysynth.shipped import IFEVAL, read_jsonl
 
 def load_ifeval(path: Path | None, limit: int | None) -> list[dict[str, Any]]:
     """The first `limit` IFEval rows (key, prompt, instruction_id_list, kwargs); None: all 541."""
-    rows = read_jsonl(path or IFEVAL)
-    return rows[:limit] if limit else rows
+    return read_jsonl(path or IFEVAL, limit or None)
 
 
 @functools.cache

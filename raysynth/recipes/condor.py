@@ -34,9 +34,7 @@ RECIPE = "condor"
 
 
 def load_tag_tree(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return json.loads(CONDOR_TAG_TREE.read_text())
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path or CONDOR_TAG_TREE).read_text())
 
 
 def leaf_tags(tree: dict[str, Any], trail: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
