@@ -61,7 +61,7 @@ def bare(prompts: list[str], max_tokens: int) -> dict[str, float]:
 def raysynth(prompts: list[str], max_tokens: int) -> dict[str, float]:
     import ray
 
-    from raysynth.pipeline import Lineage, engine_actors, init_ray, run_llm_stage, write_source_stage
+    from raysynth.pipeline import Lineage, init_ray, run_llm_stage, write_source_stage
     from raysynth.store import RunDir
 
     init_ray()
@@ -69,7 +69,7 @@ def raysynth(prompts: list[str], max_tokens: int) -> dict[str, float]:
     source = write_source_stage(run, 0, "prompts", [{"prompt": p} for p in prompts], {"n": len(prompts)}, lineage)
     engine, model_dir = EngineConfig(model=MODEL), resolve_model(MODEL)
     started = time.time()
-    ray.get([actor.__ray_ready__.remote() for actor in engine_actors(engine, model_dir)])
+    ray.get([actor.__ray_ready__.remote() for actor in run.engines.actors(engine, model_dir)])
     generate_started = time.time()
     stage = run_llm_stage(run, 0, respond_step(sampling(max_tokens)), source, engine, model_dir, lineage)
     ended = time.time()

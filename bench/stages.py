@@ -23,7 +23,7 @@ from pathlib import Path
 
 from raysynth.config import EngineConfig, ISheepConfig
 from raysynth.models import resolve_model
-from raysynth.pipeline import Lineage, init_ray, release_engines, run_llm_stage, write_source_stage
+from raysynth.pipeline import Lineage, init_ray, run_llm_stage, write_source_stage
 from raysynth.steps.isheep import isheep_steps
 from raysynth.store import RunDir
 
@@ -42,7 +42,7 @@ def chain(keep_alive: bool, stages: int, rows: int, max_tokens: int) -> float:
         step = replace(answer, name=f"answer-{k}", sampling=answer.sampling.model_copy(
             update={"max_tokens": max_tokens, "temperature": 0.7}))
         source = run_llm_stage(run, 1, step, source, engine, resolve_model("smollm2-135m"), lineage)
-    release_engines()
+    run.engines.release()
     return time.time() - started
 
 

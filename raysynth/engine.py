@@ -153,7 +153,7 @@ def seed_everything(seed: int) -> None:
 
 class VLLMEngine:
     """One loaded model generating for batches of prompt rows, with each batch's sampling given per
-    call, so one engine serves consecutive stages (`pipeline.engine_actors` keeps it alive as a Ray
+    call, so one engine serves consecutive stages (a run's `EnginePool` keeps it alive as a Ray
     actor) as well as one stage (`VLLMStage`)."""
 
     def __init__(self, engine: EngineConfig, model_dir: str):

@@ -3,7 +3,7 @@
 An LLM stage is one streaming Ray Data pipeline over the inputs not yet committed:
   read parquet -> build prompts (tasks) -> engine (actors) -> parse + commit (tasks)
 The engine actors are kept alive from one stage to the next while the model stays the same
-(`engine_actors`), or, with `engine.keep_alive: false`, are a Ray Data actor pool of the stage.
+(the run's `EnginePool`, raysynth/engine_pool.py), or, with `engine.keep_alive: false`, are a Ray Data actor pool of the stage.
 Each commit task writes its batch's kept and rejected rows and a marker naming the inputs it
 covers, so a killed run loses at most the batches in flight and never duplicates a row. A batch the
 machinery fails (engine died or hung, endpoint down) is redone, never rejected (raysynth/faults.py);
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.engine import actor_runtime_env
+from raysynth.engine_pool import wait_until_ready
 from raysynth.faults import MachineryFailure, StageFailed, root_message
 from raysynth.steps import LLMStep, Rejection
 from raysynth.store import LINEAGE, RunDir, StageDir, id_hashes, row_id, stable_hash
@@ -281,7 +282,7 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
                    "batch_size": engine.batch_size}
         step_args = {"sampling": step.sampling, "regex": step.regex, "json_schema": step.json_schema}
         if engine.endpoint is None and engine.keep_alive:
-            actors = engine_actors(engine, model_dir)
+            actors = run.engines.actors(engine, model_dir)
             # Light tasks hand each batch to a kept engine; two per engine keep it fed.
             ds = ds.map_batches(build_prompts, num_cpus=LIGHT_TASK_CPUS, **prompts)
             ds = ds.map_batches(generate_on_engines, batch_format="pandas", batch_size=engine.batch_size,
@@ -314,72 +315,6 @@ def _engine_class(engine: EngineConfig):
     from raysynth.engine import VLLMStage  # imported lazily: vllm is heavy, and only actors need it
 
     return VLLMStage
-
-
-# The engine actors kept between stages: one model's at a time, as one KV cache fills the share of
-# RAM (CPU) or GPU memory given to it. Their handles live as long as the driver: an actor, named or
-# not, is destroyed with its last handle (tried: engines named in Ray's namespace instead died
-# between stages), and only a detached one outlives it, which a killed driver would leak.
-_kept_engines: dict[str, Any] = {}
-
-
-def _ray_instance() -> str:
-    """This driver's connection to Ray: after a `ray.shutdown` and a new `ray.init` the kept actors are
-    gone. The job id alone does not tell (each new local Ray numbers its first job 01000000); the
-    driver's node id is new with every Ray start."""
-    context = ray.get_runtime_context()
-    return f"{context.get_node_id()}/{context.get_job_id()}"
-
-
-def engine_actors(engine: EngineConfig, model_dir: str) -> list[Any]:
-    """The running engine actors of `model_dir` with `engine`'s settings, started (and any others
-    stopped) when the model or settings changed since the last LLM stage."""
-    from raysynth.engine import VLLMEngine
-
-    settings = engine.model_dump(mode="json", exclude={"batch_size", "keep_alive", "endpoint"})
-    key = stable_hash([_ray_instance(), model_dir, settings])
-    if _kept_engines.get("key") == key and not _all_alive(_kept_engines["actors"], engine.batch_timeout_s):
-        release_engines()  # one has used up its restarts (or hangs): start the model's engines afresh
-    if _kept_engines.get("key") != key:
-        release_engines()
-        # A dead actor is restarted (model loaded again); generate_on_engines redoes its batch.
-        actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
-                                               max_restarts=engine.max_restarts, max_task_retries=0,
-                                               **actor_runtime_env(engine))
-        _kept_engines.update(key=key, ray=_ray_instance(),
-                             actors=[actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])])
-    return _kept_engines["actors"]
-
-
-def wait_until_ready(actor: Any, timeout_s: float) -> None:
-    """Until a restarting actor has loaded its model again (calls to it fail at once meanwhile), or
-    it is gone for good (the next call says so), or `timeout_s`."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.time()))
-            return
-        except ray.exceptions.ActorUnavailableError:
-            time.sleep(1.0)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return
-
-
-def _all_alive(actors: list[Any], timeout_s: float) -> bool:
-    try:
-        ray.get([actor.__ray_ready__.remote() for actor in actors], timeout=timeout_s)
-        return True
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return False
-
-
-def release_engines() -> None:
-    """Stop the kept engine actors, giving back their CPUs, GPUs and memory: called before work that
-    needs them (training, reward-model scoring, self-statistics)."""
-    if _kept_engines and ray.is_initialized() and _kept_engines["ray"] == _ray_instance():
-        for actor in _kept_engines["actors"]:
-            ray.kill(actor)
-    _kept_engines.clear()
 
 
 def generate_on_engines(batch: pd.DataFrame, actors: list[Any], engine: EngineConfig, sampling: SamplingConfig,

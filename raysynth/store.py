@@ -31,6 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raysynth.engine_pool import EnginePool
+
 MANIFEST = "_stage.json"
 DONE = "_done"
 TIMES = "_time.json"
@@ -291,8 +293,12 @@ class NothingKept(Exception):
 
 
 class RunDir:
-    def __init__(self, path: Path | str, stop_after: str | None = None, on_empty: str = "continue"):
+    """A run: its directory, what it was asked (stop_after, on_empty) and the engines its stages keep."""
+
+    def __init__(self, path: Path | str, stop_after: str | None = None, on_empty: str = "continue",
+                 engines: EnginePool | None = None):
         self.path = Path(path)
+        self.engines = engines if engines is not None else EnginePool()
         self.stop_after = stop_after  # "iter-NN/name"
         # "stop" or "continue"; recipes pass their config's (default stop), stages driven directly go on
         self.on_empty = on_empty

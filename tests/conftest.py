@@ -219,7 +219,4 @@ def local_ray():
     os.environ.pop("RAY_ADDRESS", None)
     init_ray()
     yield
-    from raysynth.pipeline import release_engines
-
-    release_engines()
     ray.shutdown()

@@ -34,7 +34,7 @@ def test_a_stage_generates_with_the_plain_format(local_ray, tmp_path: Path):
     """The same step in both formats on the real engine: each stage commits every row, the plain one
     under its own name (the format is part of the stage's identity) and with its own prompt length."""
     from raysynth.config import EngineConfig, SamplingConfig
-    from raysynth.pipeline import Lineage, release_engines, run_llm_stage, write_source_stage
+    from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
     from raysynth.steps.eval import respond_step
     from raysynth.store import RunDir
 
@@ -44,7 +44,7 @@ def test_a_stage_generates_with_the_plain_format(local_ray, tmp_path: Path):
     step, model_dir = respond_step(SamplingConfig(temperature=0, max_tokens=8)), resolve_model("smollm2-135m")
     stages = {fmt: run_llm_stage(run, 1, step, source, EngineConfig(batch_size=2, prompt_format=fmt), model_dir,
                                  lineage) for fmt in ("chat", "plain")}
-    release_engines()
+    run.engines.release()
     assert stages["chat"].name != stages["plain"].name
     lengths = {}
     for fmt, stage in stages.items():
@@ -60,7 +60,7 @@ def test_unguarded_patterns_compile_and_generate(local_ray, tmp_path: Path):
     but the end marker") compile in vLLM's structured-output backend and generate: a row may be
     rejected for its own reply, never for the grammar or the engine."""
     from raysynth.config import CondorConfig, EngineConfig
-    from raysynth.pipeline import Lineage, release_engines, run_llm_stage, write_source_stage
+    from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
     from raysynth.steps.condor import condor_steps
     from raysynth.store import RunDir
 
@@ -78,7 +78,7 @@ def test_unguarded_patterns_compile_and_generate(local_ray, tmp_path: Path):
         manifest = stage.manifest()
         assert manifest["rows_in"] == 1 and manifest["tokens_out"] > 0, (name, manifest)
         assert not [r for r in manifest["rejected"] if r.startswith(("generation_error", "engine", "prompt"))], manifest
-    release_engines()
+    run.engines.release()
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_condor_tree_is_built_by_the_model_in_two_languages(local_ray, tmp_path:
     """The paper's LLM-built tree on the real engine: given roots, one level of sub-topics listed by the
     model per node and language; the tree holds each root's topics and each root's language."""
     from raysynth.config import EngineConfig, TagTreeConfig
-    from raysynth.pipeline import Lineage, release_engines
+    from raysynth.pipeline import Lineage
     from raysynth.recipes.condor import build_tag_tree, leaf_tags
     from raysynth.store import RunDir
 
@@ -95,7 +95,7 @@ def test_condor_tree_is_built_by_the_model_in_two_languages(local_ray, tmp_path:
     run = RunDir(tmp_path / "run")
     tree, languages = build_tag_tree(run, cfg, EngineConfig(batch_size=2), resolve_model("smollm2-135m"),
                                      Lineage("condor", 0, "smollm2-135m"))
-    release_engines()
+    run.engines.release()
     level = next(s for s in run.stages() if s.name.startswith("tree-level-1"))
     assert level.manifest()["rows_in"] == 2  # one request per (root, language)
     paths = leaf_tags(tree)

@@ -15,7 +15,8 @@ import ray
 from conftest import kept_and_rejected
 from raysynth.config import EngineConfig, SamplingConfig, ScorerConfig
 from raysynth.models import resolve_model
-from raysynth.pipeline import Lineage, engine_actors, release_engines, run_llm_stage, write_source_stage
+from raysynth.engine_pool import EnginePool
+from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.score.stage import run_score_stage
 from raysynth.steps.eval import respond_step
 from raysynth.store import RunDir
@@ -83,8 +84,9 @@ def test_a_killed_engine_actor_is_restarted_and_its_batch_redone(local_ray, tmp_
         source = write_source_stage(run, 1, "prompts", prompts, {"n": len(prompts)}, LINEAGE)
         return run_llm_stage(run, 1, step, source, engine, model_dir, LINEAGE)
 
-    reference = respond(RunDir(tmp_path / "reference"))
-    run = RunDir(tmp_path / "killed")
+    engines = EnginePool()  # both runs on the same kept engine
+    reference = respond(RunDir(tmp_path / "reference", engines=engines))
+    run = RunDir(tmp_path / "killed", engines=engines)
     killer = KillAtFirstCommit(run, "eval-respond", "VLLMEngine")
     killer.start()
     stage = respond(run)  # on the same kept engine actor, killed after its first batch
@@ -95,23 +97,22 @@ def test_a_killed_engine_actor_is_restarted_and_its_batch_redone(local_ray, tmp_
     assert_same_commit(stage, reference)
 
     # The next stage reuses the kept engines, a set that lost an actor for good is replaced, and
-    # release_engines stops them.
-    first = [a._actor_id.hex() for a in engine_actors(engine, model_dir)]
-    assert [a._actor_id.hex() for a in engine_actors(engine, model_dir)] == first
-    killed = engine_actors(engine, model_dir)[0]
+    # release stops them.
+    first = [a._actor_id.hex() for a in engines.actors(engine, model_dir)]
+    assert [a._actor_id.hex() for a in engines.actors(engine, model_dir)] == first
+    killed = engines.actors(engine, model_dir)[0]
     ray.kill(killed, no_restart=True)
     wait_until_dead(killed)  # a call to an actor still being killed can wait for its death to register
-    second = engine_actors(engine, model_dir)
+    second = engines.actors(engine, model_dir)
     assert second[0]._actor_id.hex() != first[0] and ray.get(second[0].__ray_ready__.remote(), timeout=600)
     # The engine runs in the actor's process on every bound core, not on Ray's one thread per CPU.
     threads = ray.get(second[0].__ray_call__.remote(lambda engine: __import__("torch").get_num_threads()))
     assert threads == len(os.sched_getaffinity(0)), threads
-    release_engines()
+    engines.release()
     wait_until_dead(second[0])
 
 
 def test_a_killed_scorer_actor_is_restarted_and_its_batch_redone(local_ray, tmp_path: Path):
-    release_engines()  # the scorer's actor needs the CPU the kept engine holds
     reward_model = build_tiny_reward_model(tmp_path / "rm", resolve_model("smollm2-135m"))
     # Every row kept (the tiny model's random weights decide the gaps): its scores are what is compared.
     scorer = ScorerConfig(kind="reward_model", model=str(reward_model), gap_threshold=-1e9, max_repetition=None,

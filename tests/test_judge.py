@@ -115,14 +115,12 @@ def test_judges_on_the_embedded_model(local_ray, tmp_path):
     import ray
     from ray.util.state import list_actors
 
-    from raysynth.pipeline import release_engines
-
     def engines(state: str) -> list:
         return [a for a in list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", state)])
                 if a.class_name == "VLLMEngine"]
 
     assert len(engines("ALIVE")) == 1 and not engines("DEAD")
-    release_engines()
+    run.engines.release()
     deadline = time.time() + 60
     while engines("ALIVE") and time.time() < deadline:
         time.sleep(1)

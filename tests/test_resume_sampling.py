@@ -49,7 +49,7 @@ def test_a_resumed_stage_samples_what_an_uninterrupted_one_did(local_ray, tmp_pa
 
     # An interrupted run: the stage uncommitted, with only some of its batches done (their markers
     # and parts kept, the others gone, as a kill leaves them); then resumed.
-    interrupted = RunDir(tmp_path / "interrupted")
+    interrupted = RunDir(tmp_path / "interrupted", engines=run.engines)  # the engine the first run loaded
     shutil.copytree(run.path, interrupted.path)
     stage_dir = interrupted.path / whole.path.relative_to(run.path)
     (stage_dir / MANIFEST).unlink()

@@ -39,12 +39,11 @@ def server(tmp_path_factory):
 
     from raysynth.config import ServeConfig
     from raysynth.models import resolve_model
-    from raysynth.pipeline import init_ray, release_engines
+    from raysynth.pipeline import init_ray
     from raysynth.registry import register_model
     from raysynth.serve import start_server, wait_until_healthy
 
     # Replicas read keys from their own environment: it must be set before Ray starts its workers.
-    release_engines()
     ray.shutdown()
     os.environ["RAYSYNTH_NO_PROGRESS"] = "1"
     os.environ.pop("RAY_ADDRESS", None)
@@ -401,7 +400,6 @@ def test_a_worse_candidate_is_rejected_while_the_champion_serves(server, tmp_pat
     rejected. The server answers from it-0 throughout, and `raysynth models list` shows the rejection
     and its reason."""
     from raysynth.config import ISheepRun
-    from raysynth.pipeline import release_engines
     from raysynth.promotion import Contender, challenge
     from raysynth.store import RunDir
 
@@ -411,6 +409,7 @@ def test_a_worse_candidate_is_rejected_while_the_champion_serves(server, tmp_pat
     cfg = ISheepRun.model_validate({"recipe": "isheep", "run_dir": str(run_dir), "eval": {
         "limit": 6, "generation": {"temperature": 0.0, "max_tokens": 48, "structured": False},
         "judge": {"pairwise": {"max_tokens": 64}, "max_explanation_chars": 60}}})
+    run = RunDir(run_dir)
     served: list[str] = []
     stop = threading.Event()
 
@@ -425,13 +424,13 @@ def test_a_worse_candidate_is_rejected_while_the_champion_serves(server, tmp_pat
     thread = threading.Thread(target=load)
     thread.start()
     try:
-        champion, verdict = challenge(RunDir(run_dir), 9, cfg, worse, base, tmp_path / "data.parquet",
+        champion, verdict = challenge(run, 9, cfg, worse, base, tmp_path / "data.parquet",
                                       Contender("it-0", base, 0), base)
     finally:
         stop.set()
         thread.join(180)
         # The evaluation's kept engine holds a CPU: the next tests' Ray Data stages need it on 2 cores.
-        release_engines()
+        run.engines.release()
     assert not verdict.promote and champion.name == "it-0", verdict.reason
     assert len(served) >= 4 and set(served) == {"it-0"}, served[:5]
     entry = read_registry(run_dir).models["isheep-iter-09"]

@@ -108,7 +108,7 @@ def evaluate(run: RunDir, iteration: int, model: str, engine: EngineConfig, cfg:
     Writes eval/iter-NN.json."""
     # Its stages measure: a judge that parses no verdict is a result (counted as incomplete), never a
     # reason to stop the run, whatever the run's on_empty says.
-    run = RunDir(run.path, run.stop_after, on_empty="continue")
+    run = RunDir(run.path, run.stop_after, on_empty="continue", engines=run.engines)
     rows = load_ifeval(cfg.ifeval, cfg.limit)
     lineage = Lineage("eval", iteration, model)
     prompt_rows = [{"key": str(r["key"]), "prompt": r["prompt"]} for r in rows]

@@ -175,7 +175,7 @@ def run(cfg: CondorRun) -> dict[str, Any]:
     if cfg.train is not None and export["rows"]:
         data, student_dir = Path(str(export["parquet"])), resolve_model(student)
         trained = train_model(cfg.train, data, student, student_dir, run_dir.iteration_dir(0),
-                              cfg.engine.trust_remote_code, cfg.engine.prompt_format)
+                              cfg.engine.trust_remote_code, cfg.engine.prompt_format, run_dir.engines.release)
         # Iteration 1: the student trained on them, against itself before (the first champion).
         ladder = Ladder(run_dir, cfg, first_champion(run_dir, RECIPE, student, student_dir), student)
         export |= ladder.climb(1, trained, student, data)[1]

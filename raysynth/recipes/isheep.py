@@ -115,7 +115,7 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
             data = accumulate_sft(sft_files, run_dir.iteration_dir(t) / "sft-accumulated" / "sft.parquet")
         start = model if s.training_setting == "one_last" else base
         trained = train_model(cfg.train, data, start, engine_for(cfg.engine, start)[1], run_dir.iteration_dir(t),
-                              cfg.engine.trust_remote_code, cfg.engine.prompt_format)
+                              cfg.engine.trust_remote_code, cfg.engine.prompt_format, run_dir.engines.release)
         texts = [str(i) for i in kept.read(["instruction"])["instruction"]]
         model, outcome = ladder.climb(t, trained, start, data, texts)
         step |= outcome

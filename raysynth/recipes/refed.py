@@ -146,7 +146,7 @@ def train_and_evaluate(cfg: RefedRun, run_dir: RunDir, export: dict[str, Any], s
     if cfg.train is not None and export["rows"]:
         data, student_dir = Path(str(export["parquet"])), resolve_model(student)
         trained = train_model(cfg.train, data, student, student_dir, run_dir.iteration_dir(1),
-                              cfg.engine.trust_remote_code, cfg.engine.prompt_format)
+                              cfg.engine.trust_remote_code, cfg.engine.prompt_format, run_dir.engines.release)
         ladder = Ladder(run_dir, cfg, first_champion(run_dir, RECIPE, student, student_dir), student)
         step |= ladder.climb(1, trained, student, data, texts)[1]
         summary["model"] = step["model"]

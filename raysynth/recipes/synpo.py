@@ -87,7 +87,8 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
     generator_data = write_source_stage(run_dir, 0, "generator-data", made, {"rows": stable_hash(made)}, lineage)
     generator_sft = export_sft(generator_data, run_dir.iteration_dir(0) / "generator-sft", "generator_input", "prompt")
     generator = str(train_model(s.generator_train, Path(str(generator_sft["parquet"])), initial, initial_dir,
-                                run_dir.iteration_dir(0), cfg.engine.trust_remote_code, cfg.engine.prompt_format))
+                                run_dir.iteration_dir(0), cfg.engine.trust_remote_code, cfg.engine.prompt_format,
+                                run_dir.engines.release))
     corpus = s.corpus or [str(CORPUS)]
     pool = run_keyword_pool(run_dir, corpus, s.text_column, s.keywords, cfg.seed, lineage)
     if cfg.eval is not None:
@@ -124,7 +125,7 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
                 continue
             improver = str(train_model(s.improver_train, Path(str(improver_sft["parquet"])), initial, initial_dir,
                                        run_dir.iteration_dir(t), cfg.engine.trust_remote_code,
-                                       cfg.engine.prompt_format))
+                                       cfg.engine.prompt_format, run_dir.engines.release))
             answers = run_llm_stage(run_dir, t, steps["answer"], prompts, *engine_for(cfg.engine, policy), lineage)
             improved = run_llm_stage(run_dir, t, steps["improve"], answers, *engine_for(cfg.engine, improver), Lineage(RECIPE, t, improver))
             pairs = run_pair_scores(run_dir, t, "pairs", improved, s.scorer, ("prompt", "improved", "response"),
@@ -145,7 +146,7 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
             continue
         # SimPO of the initial model on all synthetic pairs so far (the paper retrains M_0 each time).
         model = train_model(cfg.train, Path(data["parquet"]), initial, initial_dir, run_dir.iteration_dir(t),
-                            cfg.engine.trust_remote_code, cfg.engine.prompt_format)
+                            cfg.engine.trust_remote_code, cfg.engine.prompt_format, run_dir.engines.release)
         texts = [str(p) for p in prompts.read(["prompt"])["prompt"]]
         policy, outcome = ladder.climb(t, model, initial, Path(data["parquet"]), texts)
         step |= outcome

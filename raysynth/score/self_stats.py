@@ -15,7 +15,7 @@ import ray
 
 from raysynth.config import DataFilterConfig
 from raysynth.faults import ACTOR_POOL_RETRIES
-from raysynth.pipeline import Lineage, commit_decisions, release_engines, run_stage
+from raysynth.pipeline import Lineage, commit_decisions, run_stage
 from raysynth.store import RunDir, StageDir, stable_hash
 
 
@@ -109,7 +109,7 @@ def run_self_stats_stage(run: RunDir, iteration: int, name: str, source: StageDi
                 "stats": cfg.model_dump(mode="json", include={"max_length"})}
 
     def add_ops(ds, stage: StageDir):
-        release_engines()  # the model's HF actors need the CPUs / GPUs the kept engines hold
+        run.engines.release()  # the model's HF actors need the CPUs / GPUs the kept engines hold
         ds = ds.map_batches(SelfStatsActor, batch_format="pandas", batch_size=cfg.batch_size,
                             compute=ray.data.ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]),
                             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **ACTOR_POOL_RETRIES,

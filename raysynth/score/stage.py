@@ -11,7 +11,7 @@ import ray
 
 from raysynth.config import EngineConfig, ScorerConfig
 from raysynth.faults import ACTOR_POOL_RETRIES, MachineryFailure
-from raysynth.pipeline import (Lineage, commit_decisions, finish_stage, open_stage, release_engines, run_llm_stage,
+from raysynth.pipeline import (Lineage, commit_decisions, finish_stage, open_stage, run_llm_stage,
                                run_stage, write_source_stage)
 from raysynth.score.filters import gap_reason, repetition_reason
 from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
@@ -90,7 +90,7 @@ def run_score_stage(run: RunDir, iteration: int, name: str, source: StageDir, sc
                 "repetition_checked": list(columns[1:])}
 
     def add_ops(ds, stage: StageDir):
-        release_engines()  # the reward model's actors need the CPUs / GPUs the kept engines hold
+        run.engines.release()  # the reward model's actors need the CPUs / GPUs the kept engines hold
         ds = ds.map_batches(ScoreActor, batch_format="pandas", batch_size=scorer.batch_size,
                             compute=ray.data.ActorPoolStrategy(min_size=scorer.concurrency[0],
                                                                max_size=scorer.concurrency[1]),

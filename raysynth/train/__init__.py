@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -34,9 +35,12 @@ def data_fingerprint(path: Path) -> list[tuple[str, int]]:
 
 
 def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: str, parent: Path,
-                trust_remote_code: bool = False, prompt_format: str = "chat") -> Path:
+                trust_remote_code: bool = False, prompt_format: str = "chat",
+                free_resources: Callable[[], None] = lambda: None) -> Path:
     """Train on `data` and return the merged model directory; skip when already trained. `prompt_format`:
-    the engine's (chat template, or plain Alpaca-style text for a model without one; train/data.py)."""
+    the engine's (chat template, or plain Alpaca-style text for a model without one; train/data.py).
+    `free_resources` is called before the workers start: a run passes its engine pool's `release`, as
+    the workers need the CPUs / GPUs and memory its kept engines hold."""
     identity = {"train": cfg.model_dump(mode="json"), "data": data_fingerprint(data), "model": base_model,
                 # Only when not the default, so that existing runs keep their trained models.
                 **({"prompt_format": prompt_format} if prompt_format != "chat" else {})}
@@ -52,9 +56,7 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raysynth.pipeline import release_engines
-
-    release_engines()  # the workers need the CPUs / GPUs and memory the kept engines hold
+    free_resources()
 
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     trainer = TorchTrainer(

@@ -1,0 +1,86 @@
+"""The engine actors a run keeps between its LLM stages.
+
+One `EnginePool` belongs to each run (`RunDir.engines`): its stages hand batches to the pool's
+actors (`pipeline.generate_on_engines`), and work that needs the CPUs, GPUs and memory they hold
+(training, reward-model scoring, self-statistics) calls `release()` first. One model's engines at a
+time, as one KV cache fills the share of RAM (CPU) or GPU memory given to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+if TYPE_CHECKING:
+    from raysynth.config import EngineConfig
+
+
+def ray_instance() -> str:
+    """This driver's connection to Ray: after a `ray.shutdown` and a new `ray.init` the pool's actors
+    are gone. The job id alone does not tell (each new local Ray numbers its first job 01000000); the
+    driver's node id is new with every Ray start."""
+    context = ray.get_runtime_context()
+    return f"{context.get_node_id()}/{context.get_job_id()}"
+
+
+class EnginePool:
+    """The running engine actors of one model and engine settings. The handles live as long as the
+    pool: an actor, named or not, is destroyed with its last handle (tried: engines named in Ray's
+    namespace instead died between stages), and only a detached one outlives it, which a killed
+    driver would leak."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None  # the Ray instance, model and settings the actors were started with
+        self.instance: str | None = None  # the Ray instance alone
+        self.handles: list[Any] = []
+
+    def actors(self, engine: EngineConfig, model_dir: str) -> list[Any]:
+        """The actors of `model_dir` with `engine`'s settings, started (and any others stopped) when the
+        model or settings changed since the last call, or when one of them is dead or hung."""
+        from raysynth.engine import VLLMEngine, actor_runtime_env
+
+        settings = engine.model_dump(mode="json", exclude={"batch_size", "keep_alive", "endpoint"})
+        key = json.dumps([ray_instance(), model_dir, settings], sort_keys=True)
+        if self.key == key and not all_alive(self.handles, engine.batch_timeout_s):
+            self.release()  # one has used up its restarts (or hangs): start the model's engines afresh
+        if self.key != key:
+            self.release()
+            # A dead actor is restarted (model loaded again); generate_on_engines redoes its batch.
+            actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
+                                                   max_restarts=engine.max_restarts, max_task_retries=0,
+                                                   **actor_runtime_env(engine))
+            self.key, self.instance = key, ray_instance()
+            self.handles = [actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])]
+        return self.handles
+
+    def release(self) -> None:
+        """Stop the actors, giving back their CPUs, GPUs and memory."""
+        if self.handles and ray.is_initialized() and self.instance == ray_instance():
+            for actor in self.handles:
+                ray.kill(actor)
+        self.key, self.instance, self.handles = None, None, []
+
+
+def wait_until_ready(actor: Any, timeout_s: float) -> None:
+    """Until a restarting actor has loaded its model again (calls to it fail at once meanwhile), or
+    it is gone for good (the next call says so), or `timeout_s`."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.time()))
+            return
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(1.0)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return
+
+
+def all_alive(actors: list[Any], timeout_s: float) -> bool:
+    try:
+        ray.get([actor.__ray_ready__.remote() for actor in actors], timeout=timeout_s)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
