@@ -91,6 +91,10 @@ def init_ray(log_file: Path | None = None) -> None:
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar per stage from the driver instead of one per operator
+    # Parquet through Ray Data's V1 datasource: it streams a block per row group from the first
+    # file on, where V2 (ListFiles -> ReadFiles) packed a 1,000,000-row stage into two blocks and
+    # gave its first batch after 2-3.4 s against 0.1-0.25 s (bench/resume.py: the start-up of a resume).
+    ctx.use_datasource_v2 = False
     # Rows reach the batcher in read order, so batches (and their sampling seeds) do not depend on
     # which read task finished first.
     ctx.execution_options.preserve_order = True
