@@ -497,6 +497,14 @@ class SynpoConfig(Strict):
     steps: SynpoSteps = SynpoSteps()
     generator_train: TrainConfig = Field(TrainConfig(method="sft"), description="self-prompt generator SFT")
     improver_train: TrainConfig = Field(TrainConfig(method="sft"), description="response improver SFT, each iteration")
+    beta_search: list[Annotated[float, Field(gt=0)]] = Field(
+        [], description="SimPO betas to train each iteration, keeping the model that ranks held-out seed pairs "
+        "(gold over the current policy's answer) best by SimPO's implicit reward (paper: beta searched in 2-12, "
+        "seed data for validation); empty: one run with train.simpo_beta (each beta is a full training run: "
+        "off by default, too slow on CPU)")
+    beta_search_holdout: float = Field(0.1, gt=0, lt=1, description="with beta_search, the share of the seed rows "
+                                       "set aside as its validation pairs and kept out of all training (the "
+                                       "paper does not say how much)")
 
     @field_validator("corpus")
     @classmethod
@@ -532,6 +540,12 @@ class SynpoRun(RunHeader):
         if value.method == "sft":
             raise ValueError("expected a preference method: simpo (paper) or dpo")
         return value
+
+    @model_validator(mode="after")
+    def _beta_search_is_simpo(self) -> "SynpoRun":
+        if self.synpo.beta_search and self.train.method != "simpo":
+            raise ValueError("synpo.beta_search: expected train.method simpo (the betas are SimPO's)")
+        return self
 
 
 # Self-Instruct's heuristic filters on generated instructions (its bootstrap_instructions.py): 4 to

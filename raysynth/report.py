@@ -274,6 +274,12 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
             parts += ["<p>Rates (share of the step's input rows)</p>", _table(rates)]
         if any(step.get("histograms") for step in iterations):
             parts.append(plot_histograms(iterations))
+        searches = [step for step in iterations if step.get("beta_search", {}).get("held_out_accuracy")]
+        if searches:
+            parts += ["<p>SimPO beta search: share of held-out seed pairs each beta's model ranks right</p>",
+                      _table(pd.DataFrame([{"iteration": step["iteration"], "kept beta": step["beta_search"]["beta"],
+                                            **{f"beta {b}": a for b, a in step["beta_search"]["held_out_accuracy"].items()}}
+                                           for step in searches]))]
     parts.append("<h2>Stages: rows and throughput</h2>")
     if len(stages):
         parts += [plot_stages(stages), _table(stages.drop(columns=["reasons"]))]
@@ -322,6 +328,9 @@ def summary_markdown(run: RunDir, recipe: str, evals: list[dict[str, Any]], stag
             lines.append("  - rates: " + ", ".join(f"{what} {value:.3f}" for what, value in step["rates"].items()))
         for aspect, counts in step.get("histograms", {}).items():
             lines.append(f"  - {aspect} scores: " + " ".join(f"{v}:{n}" for v, n in counts.items()))
+        if accuracy := step.get("beta_search", {}).get("held_out_accuracy"):
+            lines.append("  - SimPO beta search, held-out pairs ranked right: " + ", ".join(
+                f"beta {b} {a:.2f}" for b, a in accuracy.items()) + f"; kept beta {step['beta_search']['beta']:g}")
     for label, summary in trains:
         lines.append(f"- training {label}: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}")
     for result in evals:

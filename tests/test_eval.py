@@ -96,13 +96,18 @@ def test_report_from_eval_files_and_stages(tmp_path):
     register_model(run, "condor-iter-01", tmp_path / "m1", 1, make_current=False)
     record_decision(run, "condor-iter-01", False, "rejected: win rate too low",
                     {"champion": "condor-iter-00", "winrate": result["winrate"], "ifeval": result["paired"]["ifeval"]})
+    (run / "iter-01").mkdir()
+    (run / "iter-01" / "iteration.json").write_text(json.dumps({"iteration": 1, "funnel": {"pairs": 5}, "beta_search": {
+        "beta": 6.0, "validation_pairs": 8, "held_out_accuracy": {"2": 0.5, "6": 0.75}}}))
     paths = build_report(run)
     page = paths["html"].read_text()
     assert page.count("<img") == 1 and "win rate vs champion" in page and "3 wins" in page
+    assert "SimPO beta search" in page and "<th>beta 6</th>" in page
     assert "ifeval prompt strict minus champion" in page
     assert "Champion timeline" in page and "Served now: <b>condor-iter-00</b>" in page
     assert "rejected: win rate too low" in page and "3-1-2" in page
     summary = paths["markdown"].read_text()
     assert "- condor-iter-01: rejected (rejected: win rate too low)" in summary
+    assert "SimPO beta search, held-out pairs ranked right: beta 2 0.50, beta 6 0.75; kept beta 6" in summary
     assert "IFEval prompt strict minus `m0` (paired): 0.300" in summary
     assert "IFEval prompt strict: 0.300 [0.250, 0.350] (n=100)" in summary

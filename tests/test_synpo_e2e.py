@@ -247,3 +247,37 @@ def test_a_parquet_corpus_gives_the_pool_its_jsonl_copy_gives(local_ray, tmp_pat
 
     from_jsonl, from_parquet = pool(jsonl, "text"), pool(parquet, "body")
     assert len(from_jsonl) >= 25 and from_parquet == from_jsonl
+
+
+def test_beta_search_keeps_the_beta_that_ranks_held_out_seed_pairs_best(local_ray, tmp_path):
+    """`synpo.beta_search` on the real engine and Ray Train: the policy answers the held-out seed
+    prompts, one SimPO run per beta is evaluated on (gold, answer) pairs, and the model of the beta
+    with the highest held-out accuracy is the one returned, its search in the result."""
+    from raysynth.config import SynpoRun
+    from raysynth.pipeline import Lineage, write_source_stage
+    from raysynth.recipes.synpo import train_policy
+    from raysynth.shipped import seed_pairs
+    from raysynth.train import training_summary
+
+    cfg = SynpoRun.model_validate({
+        "recipe": "synpo", "run_dir": str(tmp_path / "run"), "engine": {"batch_size": 4},
+        "synpo": {"beta_search": [1.0, 8.0], "steps": {"answer": {"max_tokens": 32}}},
+        "train": {"method": "simpo", "max_steps": 4, "save_steps": 4, "learning_rate": 1e-3, "max_length": 128}})
+    run = RunDir(cfg.run_dir)
+    holdout = write_source_stage(run, 0, "seed-holdout", seed_pairs(None, 4), {"rows": 4},
+                                 Lineage("synpo", 0, "smollm2-135m"))
+    data = tmp_path / "pairs.parquet"
+    pd.DataFrame({"prompt": [r["prompt"] for r in seed_pairs(None, 8)],
+                  "chosen": [r["gold"] for r in seed_pairs(None, 8)],
+                  "rejected": ["I am not sure."] * 8}).to_parquet(data)
+    model, searched = train_policy(run, 1, cfg, data, "smollm2-135m", holdout)
+
+    validation = pd.read_parquet(run.iteration_dir(1) / "preferences" / "validation.parquet")
+    assert len(validation) == searched["validation_pairs"] == 4
+    assert set(validation["chosen"]) <= {r["gold"] for r in seed_pairs(None, 4)}
+    accuracy = searched["held_out_accuracy"]
+    assert set(accuracy) == {"1", "8"} and all(0.0 <= a <= 1.0 for a in accuracy.values())
+    assert accuracy[f"{searched['beta']:g}"] == max(accuracy.values())
+    kept = training_summary(model)
+    assert kept["train_metrics"]["eval_rewards/accuracies"] == max(accuracy.values())
+    assert json.loads((model.parent / "_train.json").read_text())["train"]["simpo_beta"] == searched["beta"]

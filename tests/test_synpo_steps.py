@@ -128,6 +128,8 @@ def test_best_worst_with_absolute_reward_model_scores():
     ("synpo:\n  corpus: [missing.jsonl]\n", r"field 'synpo.corpus': not found: .*missing.jsonl"),
     ("train: {method: sft}\n", r"field 'train': expected a preference method"),
     ("synpo:\n  prompts_per_iteration: 0\n", r"field 'synpo.prompts_per_iteration'"),
+    ("synpo:\n  beta_search: [2, 4]\ntrain: {method: dpo}\n", r"synpo.beta_search: expected train.method simpo"),
+    ("synpo:\n  beta_search: [0]\n", r"field 'synpo.beta_search.0'"),
 ])
 def test_config_errors_name_the_file_and_field(tmp_path: Path, body: str, message: str):
     path = tmp_path / "synpo.yaml"
@@ -145,3 +147,14 @@ def test_shipped_synpo_configs_validate():
     assert (job.synpo.prompts_per_iteration, job.synpo.pairs_per_iteration, job.synpo.iterations) == (50000, 10000, 4)
     assert job.synpo.scorer.threshold == 0.20 and job.synpo.improver_train.max_length == 6000
     assert job.engine.num_gpus == 1 and job.train.method == "simpo"
+
+
+def test_the_held_out_seed_rows_are_a_seeded_disjoint_share():
+    from raysynth.recipes.synpo import split_holdout
+
+    rows = [{"prompt": f"p{i}", "gold": f"g{i}"} for i in range(50)]
+    kept, held = split_holdout(rows, 0.1, seed=3)
+    assert len(held) == 5 and len(kept) == 45 and not {r["prompt"] for r in held} & {r["prompt"] for r in kept}
+    assert kept == [r for r in rows if r not in held]  # the order is the seed data's
+    assert split_holdout(rows, 0.1, seed=3) == (kept, held) and split_holdout(rows, 0.1, seed=4)[1] != held
+    assert split_holdout(rows, 0.0, seed=3) == (rows, [])  # no beta search: every row, as before

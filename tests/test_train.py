@@ -163,12 +163,16 @@ def test_a_base_model_without_a_chat_template_trains_and_answers_on_plain_text(l
 def test_simpo_two_workers_learns(local_ray, base_model, tmp_path):
     from raysynth.train import train_model
 
-    data = tmp_path / "pairs.parquet"
-    pd.DataFrame({"prompt": [PROMPT] * 8, "chosen": [ANSWER] * 8,
-                  "rejected": ["I do not know. Maybe London or Berlin, hard to say."] * 8}).to_parquet(data)
-    model_dir = train_model(overfit_config("simpo"), data, "smollm2-135m", base_model, tmp_path / "out")
-    assert_learns(model_dir.parent)
+    data, reversed_ = tmp_path / "pairs.parquet", tmp_path / "reversed.parquet"
+    wrong = "I do not know. Maybe London or Berlin, hard to say."
+    pd.DataFrame({"prompt": [PROMPT] * 8, "chosen": [ANSWER] * 8, "rejected": [wrong] * 8}).to_parquet(data)
+    # Evaluated on the pairs the other way round: the trained model ranks every one of them wrong.
+    pd.DataFrame({"prompt": [PROMPT] * 4, "chosen": [wrong] * 4, "rejected": [ANSWER] * 4}).to_parquet(reversed_)
+    model_dir = train_model(overfit_config("simpo"), data, "smollm2-135m", base_model, tmp_path / "out",
+                            eval_data=reversed_)
+    summary = assert_learns(model_dir.parent)
     assert (model_dir / "config.json").is_file()
+    assert summary["train_metrics"]["eval_rewards/accuracies"] == 0.0, summary["train_metrics"]
 
 
 def _progress_step(out: Path) -> int:

@@ -9,6 +9,7 @@
       initial model --> response improver R_t
     R_t rewrites each answer --> (improved, original) scored; gap + repetition filters
     up to `pairs_per_iteration` kept pairs join the accumulated set --> SimPO of the initial model --> M_t
+      (with `beta_search`, one SimPO run per beta, the best on held-out seed pairs kept)
     evaluate M_t against M_0; register M_t as the run's current model (a running server swaps to it)
 
 `pair_builder` swaps the last three steps for the paper's baselines: sampling_ranking (best vs
@@ -36,7 +37,7 @@ from raysynth.score.stage import filter_and_commit, run_pair_scores
 from raysynth.shipped import CORPUS, seed_pairs
 from raysynth.steps.synpo import generator_keywords, generator_message, improver_message, synpo_steps, templates
 from raysynth.store import RunDir, StageDir, atomic_write_parquet, stable_hash
-from raysynth.train import train_model
+from raysynth.train import train_model, training_summary
 
 RECIPE = "synpo"
 
@@ -81,8 +82,11 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
 
     # Self-prompt generator: the initial model fine-tuned once on keywords -> seed prompt.
     lineage = Lineage(RECIPE, 0, initial)
-    seed_list = seed_pairs(s.seed_data, s.seed_limit)
+    seed_list, holdout_list = split_holdout(seed_pairs(s.seed_data, s.seed_limit),
+                                            s.beta_search_holdout if s.beta_search else 0.0, cfg.seed)
     seeds = write_source_stage(run_dir, 0, "seed", seed_list, {"rows": stable_hash(seed_list)}, lineage)
+    holdout = write_source_stage(run_dir, 0, "seed-holdout", holdout_list, {"rows": stable_hash(holdout_list)},
+                                 lineage) if holdout_list else None
     made = generator_rows(seed_list, s.keywords, text["generate_prompt"], cfg.seed)
     generator_data = write_source_stage(run_dir, 0, "generator-data", made, {"rows": stable_hash(made)}, lineage)
     generator_sft = export_sft(generator_data, run_dir.iteration_dir(0) / "generator-sft", "generator_input", "prompt")
@@ -144,9 +148,9 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
             run_dir.write_iteration_summary(step)
             run_dir.nothing_kept(f"iteration {t}: {step['skipped']}; the policy stays {policy}")
             continue
-        # SimPO of the initial model on all synthetic pairs so far (the paper retrains M_0 each time).
-        model = train_model(cfg.train, Path(data["parquet"]), initial, initial_dir, run_dir.iteration_dir(t),
-                            cfg.engine.trust_remote_code, cfg.engine.prompt_format, run_dir.engines.release)
+        model, searched = train_policy(run_dir, t, cfg, Path(data["parquet"]), policy, holdout)
+        if searched:
+            step["beta_search"] = searched
         texts = [str(p) for p in prompts.read(["prompt"])["prompt"]]
         policy, outcome = ladder.climb(t, model, initial, Path(data["parquet"]), texts)
         step |= outcome
@@ -155,15 +159,60 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
     return summary
 
 
+def split_holdout(rows: list[dict[str, Any]], share: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The seed rows the recipe uses, and `share` of them (a seeded draw, at least one) set aside;
+    share 0: all rows, none set aside. Both keep the rows' order."""
+    if not share or not rows:
+        return rows, []
+    held = set(random.Random(seed).sample(range(len(rows)), max(1, round(share * len(rows)))))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def seed_answers(run_dir: RunDir, t: int, seeds: StageDir, cfg: SynpoRun, policy: str, name: str) -> StageDir:
+    """M_{t-1}'s one answer to each seed prompt."""
+    answer = replace(synpo_steps(cfg.synpo)["answer"], name=name, sampling=cfg.synpo.steps.answer.model_copy(update={"n": 1}))
+    return run_llm_stage(run_dir, t, answer, seeds, *engine_for(cfg.engine, policy), Lineage(RECIPE, t, policy))
+
+
 def seed_preferences(run_dir: RunDir, t: int, seeds: StageDir, cfg: SynpoRun, policy: str,
                      judge_engine: EngineConfig, judge_dir: str) -> StageDir:
     """M_{t-1} answers the seed prompts; rows where the scorer prefers the gold answer by the gap."""
-    lineage = Lineage(RECIPE, t, policy)
-    answer = replace(synpo_steps(cfg.synpo)["answer"], name="seed-answer",
-                     sampling=cfg.synpo.steps.answer.model_copy(update={"n": 1}))
-    answers = run_llm_stage(run_dir, t, answer, seeds, *engine_for(cfg.engine, policy), lineage)
+    answers = seed_answers(run_dir, t, seeds, cfg, policy, "seed-answer")
     return run_pair_scores(run_dir, t, "seed-pairs", answers, cfg.synpo.scorer, ("prompt", "gold", "response"),
-                           lineage, judge_engine, judge_dir)
+                           Lineage(RECIPE, t, policy), judge_engine, judge_dir)
+
+
+def train_policy(run_dir: RunDir, t: int, cfg: SynpoRun, data: Path, policy: str,
+                 holdout: StageDir | None) -> tuple[Path, dict[str, Any] | None]:
+    """SimPO of the initial model on all synthetic pairs so far (the paper retrains M_0 each time). With
+    `synpo.beta_search`: one run per beta, each evaluated on the held-out seed prompts answered by M_{t-1}
+    (gold as chosen, the answer as rejected); kept: the model that ranks the most pairs right by SimPO's
+    implicit reward (the length-normalised log-likelihood; beta only scales it, so the accuracy compares
+    across betas), the first listed beta on a tie. Returns the model and what the search found."""
+    initial = cfg.engine.model
+
+    def train(train_cfg, eval_data: Path | None = None) -> Path:
+        return train_model(train_cfg, data, initial, resolve_model(initial), run_dir.iteration_dir(t),
+                           cfg.engine.trust_remote_code, cfg.engine.prompt_format, run_dir.engines.release, eval_data)
+
+    if not cfg.synpo.beta_search or holdout is None:
+        return train(cfg.train), None
+    answers = seed_answers(run_dir, t, holdout, cfg, policy, "holdout-answer")
+    if not answers.rows_out():
+        print(f"[beta] iteration {t}: no held-out seed prompt was answered; trained with train.simpo_beta")
+        return train(cfg.train), {"skipped": "no validation pairs"}
+    validation = run_dir.iteration_dir(t) / "preferences" / "validation.parquet"
+    validation.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(validation, select_pairs(answers, "gold", "response", answers.rows_out(), cfg.seed))
+    models, accuracy = {}, {}
+    for beta in cfg.synpo.beta_search:
+        models[beta] = train(cfg.train.model_copy(update={"simpo_beta": beta}), validation)
+        accuracy[beta] = float(training_summary(models[beta])["train_metrics"]["eval_rewards/accuracies"])
+    best = max(cfg.synpo.beta_search, key=lambda beta: accuracy[beta])
+    print(f"[beta] iteration {t}: held-out pairs ranked right " + ", ".join(
+        f"{accuracy[b]:.0%} at beta {b:g}" for b in cfg.synpo.beta_search) + f"; kept beta {best:g}")
+    return models[best], {"beta": best, "validation_pairs": answers.rows_out(),
+                          "held_out_accuracy": {f"{b:g}": accuracy[b] for b in cfg.synpo.beta_search}}
 
 
 def ranked_pairs(run_dir: RunDir, t: int, prompts: StageDir, cfg: SynpoRun, policy: str,

@@ -36,20 +36,24 @@ def data_fingerprint(path: Path) -> list[tuple[str, int]]:
 
 def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: str, parent: Path,
                 trust_remote_code: bool = False, prompt_format: str = "chat",
-                free_resources: Callable[[], None] = lambda: None) -> Path:
+                free_resources: Callable[[], None] = lambda: None, eval_data: Path | None = None) -> Path:
     """Train on `data` and return the merged model directory; skip when already trained. `prompt_format`:
     the engine's (chat template, or plain Alpaca-style text for a model without one; train/data.py).
     `free_resources` is called before the workers start: a run passes its engine pool's `release`, as
-    the workers need the CPUs / GPUs and memory its kept engines hold."""
+    the workers need the CPUs / GPUs and memory its kept engines hold. `eval_data` (the same columns as
+    `data`): evaluated once after training; its `eval_*` metrics land in the summary (`training_summary`)."""
     identity = {"train": cfg.model_dump(mode="json"), "data": data_fingerprint(data), "model": base_model,
                 # Only when not the default, so that existing runs keep their trained models.
-                **({"prompt_format": prompt_format} if prompt_format != "chat" else {})}
+                **({"prompt_format": prompt_format} if prompt_format != "chat" else {}),
+                **({"eval_data": data_fingerprint(eval_data)} if eval_data is not None else {})}
     work = (parent / f"{cfg.method}-{stable_hash(identity)}").resolve()
     model_dir = work / "model"
     if (work / DONE_FILE).is_file():
         print(f"[skip] {work} (trained)")
         return model_dir
     check_columns(data, cfg.method)
+    if eval_data is not None:
+        check_columns(eval_data, cfg.method)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "_train.json", identity)
 
@@ -63,6 +67,7 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
         train_loop_per_worker,
         train_loop_config={"train": cfg.model_dump(mode="json"), "model_dir": base_model_dir,
                            "data": str(Path(data).resolve()),
+                           "eval_data": str(Path(eval_data).resolve()) if eval_data is not None else None,
                            "trust_remote_code": trust_remote_code, "prompt_format": prompt_format,
                            "progress_path": str(work / PROGRESS_FILE)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -93,6 +98,11 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
     print(f"[done] train/{cfg.method}: {summary['steps']} steps, loss {summary['first_loss']} -> "
           f"{summary['last_loss']}, model in {model_dir}")
     return model_dir
+
+
+def training_summary(model_dir: Path) -> dict:
+    """What `train_model` recorded of the training that made `model_dir`: steps, losses, metrics."""
+    return json.loads((Path(model_dir).parent / DONE_FILE).read_text())
 
 
 class _progress_bar:

@@ -68,7 +68,7 @@ def _training_args(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
     return args
 
 
-def _trainer(cfg: TrainConfig, model, tokenizer, dataset, output_dir: str, callbacks: list):
+def _trainer(cfg: TrainConfig, model, tokenizer, dataset, eval_dataset, output_dir: str, callbacks: list):
     from peft import LoraConfig
 
     peft_config = None
@@ -76,8 +76,8 @@ def _trainer(cfg: TrainConfig, model, tokenizer, dataset, output_dir: str, callb
         peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                  target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     args = _training_args(cfg, output_dir)
-    common = dict(model=model, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-                  callbacks=callbacks)
+    common = dict(model=model, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                  peft_config=peft_config, callbacks=callbacks)
     if cfg.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -99,16 +99,21 @@ def build_trainer(config: dict[str, Any], output_dir: str, callbacks: list):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = TrainConfig(**config["train"])
-    frame = read_frame(Path(config["data"]))
     prompt_format = config.get("prompt_format", "chat")
-    records = sft_records(frame, prompt_format) if cfg.method == "sft" else preference_records(frame, prompt_format)
+
+    def records(path: str) -> list[dict[str, Any]]:
+        frame = read_frame(Path(path))
+        return sft_records(frame, prompt_format) if cfg.method == "sft" else preference_records(frame, prompt_format)
+
     tokenizer = AutoTokenizer.from_pretrained(config["model_dir"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
         config["model_dir"], dtype=torch.bfloat16 if cfg.use_gpu else torch.float32,
         trust_remote_code=config["trust_remote_code"])
-    return _trainer(cfg, model, tokenizer, Dataset.from_list(records), output_dir, callbacks)
+    eval_dataset = Dataset.from_list(records(config["eval_data"])) if config.get("eval_data") else None
+    return _trainer(cfg, model, tokenizer, Dataset.from_list(records(config["data"])), eval_dataset, output_dir,
+                    callbacks)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -126,8 +131,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             output = trainer.train(
                 resume_from_checkpoint=os.path.join(directory, RayTrainReportCallback.CHECKPOINT_NAME))
+    # Every rank evaluates (its slice of the held-out rows; the metrics are gathered over all ranks).
+    evaluated = trainer.evaluate() if config.get("eval_data") else {}
     # The last checkpoint is saved before HF logs the run's totals (runtime, samples/s): rank 0
     # writes them beside the progress file, on the storage the driver reads.
     if ray.train.get_context().get_world_rank() == 0:
         path = Path(config["progress_path"]).with_name(METRICS_FILE)
-        path.write_text(json.dumps({"global_step": output.global_step, **output.metrics}))
+        path.write_text(json.dumps({"global_step": output.global_step, **output.metrics, **evaluated}))
