@@ -136,16 +136,16 @@ def main() -> None:
                   flush=True)
         bench.run.engines.release()
 
-    lines = [f"{args.rows} fixed inputs per step; engine {MODEL}, float32, default sampling of each step",
-             f"{'step':17} {'way':11} {'parse rate (95% CI)':22} {'tok/s':>6} {'s/parsed':>9}  retried"]
+    lines = [f"up to {args.rows} fixed inputs per step; engine {MODEL}, float32, each step's default sampling",
+             f"{'step':17} {'way':11} {'parsed':>7} {'rate (95% CI)':17} {'tok/s':>6} {'s/parsed':>9} {'retried':>8}"]
     for key, ways in results.items():
         for way in WAYS:
             r = ways[way]
-            parse = rate(r["per_input"], args.seed)
-            parsed = sum(r["per_input"])
+            parse, parsed = rate(r["per_input"], args.seed), sum(r["per_input"])
             per_parsed = f"{r['seconds'] / parsed:9.1f}" if parsed else f"{'-':>9}"
-            lines.append(f"{key:17} {way:11} {parse['value']:4.0%} ({parse['low']:.0%}-{parse['high']:.0%})"
-                         f"{'':8} {r['tokens'] / max(r['seconds'], 1e-9):6.1f} {per_parsed}  {r['retried']}")
+            interval = f"{parse['value']:.0%} ({parse['low']:.0%}-{parse['high']:.0%})"
+            lines.append(f"{key:17} {way:11} {str(parsed) + '/' + str(parse['n']):>7} {interval:17} "
+                         f"{r['tokens'] / max(r['seconds'], 1e-9):6.1f} {per_parsed} {r['retried']:8}")
     write_results(args.out, f"python bench/guards.py --rows {args.rows} --seed {args.seed}", lines,
                   ["parse rate: inputs with at least one parsed reply; s/parsed: the way's stage seconds (the retry "
                    "stage's included) per parsed input", "one run, no repeats: tok/s carry the noise of one "

@@ -100,6 +100,8 @@ class EngineConfig(Strict):
                              "(min, max) and ends with the stage")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)
+    resources: dict[str, float] = Field({}, description="custom Ray resources per engine actor (e.g. a "
+                                        "node-type or accelerator resource of your cluster), held while it lives")
     endpoint: EndpointConfig | None = Field(None, description="call this endpoint instead of starting "
                                             "vLLM actors; `model` is then unused")
     max_restarts: int = Field(3, ge=0, description="times Ray restarts an engine actor whose process died (out "
@@ -336,6 +338,8 @@ class TrainConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(1, ge=0, description="used when use_gpu")
+    resources_per_worker: dict[str, float] = Field({}, description="custom Ray resources per training worker "
+                                                   "(e.g. a node-type or accelerator resource of your cluster)")
     strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
         "ddp", description="ddp: a model copy per worker; fsdp/deepspeed (ZeRO-3) shard models that "
         "do not fit one GPU (deepspeed must be installed on the workers)")

@@ -50,8 +50,8 @@ class EnginePool:
             self.release()
             # A dead actor is restarted (model loaded again); generate_on_engines redoes its batch.
             actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
-                                                   max_restarts=engine.max_restarts, max_task_retries=0,
-                                                   **actor_runtime_env(engine))
+                                                   resources=engine.resources, max_restarts=engine.max_restarts,
+                                                   max_task_retries=0, **actor_runtime_env(engine))
             self.key, self.instance = key, ray_instance()
             self.handles = [actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])]
         return self.handles

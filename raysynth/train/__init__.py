@@ -42,7 +42,9 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
     `free_resources` is called before the workers start: a run passes its engine pool's `release`, as
     the workers need the CPUs / GPUs and memory its kept engines hold. `eval_data` (the same columns as
     `data`): evaluated once after training; its `eval_*` metrics land in the summary (`training_summary`)."""
-    identity = {"train": cfg.model_dump(mode="json"), "data": data_fingerprint(data), "model": base_model,
+    # Where the workers run (resources_per_worker) does not change the model: not part of its identity.
+    identity = {"train": cfg.model_dump(mode="json", exclude={"resources_per_worker"}), "data": data_fingerprint(data),
+                "model": base_model,
                 # Only when not the default, so that existing runs keep their trained models.
                 **({"prompt_format": prompt_format} if prompt_format != "chat" else {}),
                 **({"eval_data": data_fingerprint(eval_data)} if eval_data is not None else {})}
@@ -62,7 +64,8 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
 
     free_resources()
 
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
+                 **cfg.resources_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": cfg.model_dump(mode="json"), "model_dir": base_model_dir,
