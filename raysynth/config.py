@@ -297,9 +297,20 @@ class EvalConfig(Strict):
                                     "eval`: the baseline), never the model being evaluated")
     judge_endpoint: EndpointConfig | None = Field(None, description="judge through an OpenAI-compatible "
                                                   "endpoint instead of a local model")
+    judge_scorer: ScorerConfig | None = Field(
+        None, description="judge with a reward model instead (kind pairrm or reward_model, frozen for the run): "
+        "a pair is a win or a loss when its score gap reaches the scorer's gap_threshold (PairRM 0.20, ArmoRM "
+        "0.02) either way, else a tie; None: the LLM judge")
     diversity_group: int = Field(20, ge=2, description="texts per group for distinct-n")
     embedding_model: str | None = Field(None, description="for embedding spread; None: skipped")
     seed: int = 0
+
+    @field_validator("judge_scorer")
+    @classmethod
+    def _reward_model(cls, value: ScorerConfig | None) -> ScorerConfig | None:
+        if value is not None and value.kind == "llm_judge":
+            raise ValueError("expected kind pairrm or reward_model (an LLM judge: judge_model or judge_endpoint)")
+        return value
 
 
 class LoraConfig(Strict):

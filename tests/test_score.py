@@ -166,3 +166,26 @@ def test_filter_stage_counts_each_reason(tmp_path):
     assert manifest["rows_in"] == 6 and manifest["rows_out"] == 2
     assert manifest["rejected"] == {"near_duplicate": 1, "rouge_l_too_similar": 2, "too_short": 1}
     assert sorted(stage.read()["k"]) == [0, 4]
+
+
+def test_a_reward_model_judges_the_win_rate_and_swapping_the_sides_mirrors_it(local_ray, tmp_path):
+    """`eval.judge_scorer`: a frozen reward model (a tiny PairRM, gaps of about 1) decides each pair
+    of the win rate; the same pairs with the sides swapped give the wins and losses the other way."""
+    from raysynth.config import EngineConfig, EvalConfig
+    from raysynth.eval import win_rate
+    from raysynth.store import RunDir
+
+    pairrm = build_tiny_pairrm(tmp_path / "pairrm", head_scale=100)
+    cfg = EvalConfig(judge_scorer={"kind": "pairrm", "model": str(pairrm), "max_length": 128, "num_cpus": 0.5})
+    prompts = {str(i): f"What is {i} plus {i}?" for i in range(12)}
+    ours = {k: f"{int(k) * 2}, since {k} and {k} make {int(k) * 2}." for k in prompts}
+    theirs = {k: random.Random(k).choice(WORDS) + " maybe" for k in prompts}
+    run = RunDir(tmp_path / "run")
+    forward = win_rate(run, 1, prompts, ours, theirs, EngineConfig(), cfg, judge="smollm2-135m")
+    backward = win_rate(run, 2, prompts, theirs, ours, EngineConfig(), cfg, judge="smollm2-135m")
+    assert forward["judge"] == f"pairrm:{pairrm}"
+    assert forward["incomplete"] == 0 and forward["wins"] + forward["ties"] + forward["losses"] == 12
+    assert forward["wins"] + forward["losses"] > 0, forward  # gaps past PairRM's 0.20 decide pairs
+    assert (forward["wins"], forward["ties"], forward["losses"]) == (backward["losses"], backward["ties"],
+                                                                     backward["wins"])
+    assert forward["win_rate"]["value"] == pytest.approx(1 - backward["win_rate"]["value"])

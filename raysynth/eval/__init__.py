@@ -17,12 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from raysynth.config import EngineConfig, EvalConfig
+import pandas as pd
+
+from raysynth.config import EngineConfig, EvalConfig, ScorerConfig
 from raysynth.eval.diversity import diversity
 from raysynth.eval.ifeval import check_response, load_ifeval
 from raysynth.eval.stats import difference, rate, ratio
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
+from raysynth.score.stage import run_score_stage
 from raysynth.shipped import read_jsonl
 from raysynth.steps.eval import respond_step
 from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
@@ -77,21 +80,41 @@ def judge_engine(engine: EngineConfig, cfg: EvalConfig, frozen: str) -> tuple[En
 
 def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict[str, str],
              baseline_answers: dict[str, str], engine: EngineConfig, cfg: EvalConfig, judge: str) -> dict[str, Any]:
-    """Pairwise judge, both orders: a = this model, b = the baseline; a win needs both orders to agree."""
+    """Pairwise judge, both orders: a = this model, b = the baseline; a win needs both orders to agree.
+    With `eval.judge_scorer`, a reward model scores each pair instead (`scored_outcomes`)."""
     pairs = [{"pair_id": key, "instruction": prompts[key], "a": answers[key], "b": baseline_answers[key]}
              for key in sorted(prompts) if key in answers and key in baseline_answers]
-    judge_config, judge_dir, judge_name = judge_engine(engine, cfg, judge)
-    lineage = Lineage("eval", iteration, judge_name)
-    shown = write_source_stage(run, iteration, "eval-winrate-pairs", pairwise_rows(pairs),
-                               {"pairs": stable_hash(pairs)}, lineage)
-    step = replace(judge_steps(cfg.judge)["pairwise"], name="eval-winrate-judge")
-    verdicts = run_llm_stage(run, iteration, step, shown, judge_config, judge_dir, lineage)
-    outcomes = combine_pairwise(verdicts.read(["pair_id", "order", "judge_winner"]))
+    if cfg.judge_scorer is not None:
+        judge_name = f"{cfg.judge_scorer.kind}:{cfg.judge_scorer.model}"
+        outcomes = scored_outcomes(run, iteration, pairs, cfg.judge_scorer, Lineage("eval", iteration, judge_name))
+    else:
+        judge_config, judge_dir, judge_name = judge_engine(engine, cfg, judge)
+        lineage = Lineage("eval", iteration, judge_name)
+        shown = write_source_stage(run, iteration, "eval-winrate-pairs", pairwise_rows(pairs),
+                                   {"pairs": stable_hash(pairs)}, lineage)
+        step = replace(judge_steps(cfg.judge)["pairwise"], name="eval-winrate-judge")
+        verdicts = run_llm_stage(run, iteration, step, shown, judge_config, judge_dir, lineage)
+        outcomes = combine_pairwise(verdicts.read(["pair_id", "order", "judge_winner"]))
     decided = [OUTCOME_VALUE[w] for w in outcomes["winner"] if w in OUTCOME_VALUE]
     counts = {w: int((outcomes["winner"] == w).sum()) for w in ("a", "tie", "b", "incomplete")}
     counts["incomplete"] += len(pairs) - len(outcomes)  # both verdicts of the pair unparseable
     return {"win_rate": rate(decided, cfg.seed), "judge": judge_name,
             "wins": counts["a"], "ties": counts["tie"], "losses": counts["b"], "incomplete": counts["incomplete"]}
+
+
+def scored_outcomes(run: RunDir, iteration: int, pairs: list[dict[str, Any]], scorer: ScorerConfig,
+                    lineage: Lineage) -> pd.DataFrame:
+    """`pair_id, winner` by a reward model: "a" when score(a) - score(b) reaches the scorer's gap
+    threshold, "b" when it reaches it the other way, else "tie"; a pair the scorer failed on is missing
+    (counted incomplete). Every pair is scored (no gap or repetition filter): the verdict is the point."""
+    source = write_source_stage(run, iteration, "eval-winrate-scored-pairs", pairs, {"pairs": stable_hash(pairs)},
+                                lineage)
+    keep_all = scorer.model_copy(update={"gap_threshold": -1e30, "max_repetition": None})
+    scored = run_score_stage(run, iteration, "eval-winrate-scores", source, keep_all, ("instruction", "a", "b"), lineage)
+    frame = scored.read(["pair_id", "score_gap"]) if scored.rows_out() else pd.DataFrame(columns=["pair_id", "score_gap"])
+    margin = scorer.threshold
+    winner = ["a" if gap >= margin else "b" if gap <= -margin else "tie" for gap in frame["score_gap"].astype(float)]
+    return pd.DataFrame({"pair_id": frame["pair_id"], "winner": winner})
 
 
 def _winrate_prompts(path: Path) -> list[dict[str, Any]]:
