@@ -56,11 +56,11 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
 
 
 def write_results(path: Path, command: str, lines: list[str], notes: list[str],
-                  machine: str = "this machine's CPU (2 cores)") -> None:
-    """Print the lines, and write them under a header naming the date, the commit, the machine and
-    the command."""
-    header = [f"# {command}", f"# measured {date.today().isoformat()} at commit {commit()} on {machine}; "
-              "median (min-max) of interleaved runs"]
+                  machine: str = "this machine's CPU (2 cores)",
+                  summary: str = "median (min-max) of interleaved runs") -> None:
+    """Print the lines, and write them under a header naming the date, the commit, the machine, how
+    the figures summarise the runs, and the command."""
+    header = [f"# {command}", f"# measured {date.today().isoformat()} at commit {commit()} on {machine}; {summary}"]
     text = "\n".join(header + lines + [f"# {n}" for n in notes]) + "\n"
     print(text)
     path.write_text(text)

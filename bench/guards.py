@@ -148,8 +148,8 @@ def main() -> None:
                          f"{r['tokens'] / max(r['seconds'], 1e-9):6.1f} {per_parsed} {r['retried']:8}")
     write_results(args.out, f"python bench/guards.py --rows {args.rows} --seed {args.seed}", lines,
                   ["parse rate: inputs with at least one parsed reply; s/parsed: the way's stage seconds (the retry "
-                   "stage's included) per parsed input", "one run, no repeats: tok/s carry the noise of one "
-                   "measurement; the parse rates carry their intervals"])
+                   "stage's included) per parsed input"], summary="one run of each way, in turn (tok/s carry one "
+                  "measurement's noise; the parse rates carry their intervals)")
 
 
 if __name__ == "__main__":

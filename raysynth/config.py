@@ -41,6 +41,17 @@ def _existing_file(path: Path) -> Path:
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 
 
+def _custom_resources(value: dict[str, float]) -> dict[str, float]:
+    if set(value) & {"CPU", "GPU", "memory", "object_store_memory"}:
+        raise ValueError("expected custom resources only (CPUs and GPUs have their own fields)")
+    if any(amount < 0 for amount in value.values()):
+        raise ValueError("expected amounts >= 0")
+    return value
+
+
+CustomResources = Annotated[dict[str, float], AfterValidator(_custom_resources)]
+
+
 class ConfigError(ValueError):
     """A config problem, already phrased for the user: file, field, expectation."""
 
@@ -100,7 +111,7 @@ class EngineConfig(Strict):
                              "(min, max) and ends with the stage")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)
-    resources: dict[str, float] = Field({}, description="custom Ray resources per engine actor (e.g. a "
+    resources: CustomResources = Field({}, description="custom Ray resources per engine actor (e.g. a "
                                         "node-type or accelerator resource of your cluster), held while it lives")
     endpoint: EndpointConfig | None = Field(None, description="call this endpoint instead of starting "
                                             "vLLM actors; `model` is then unused")
@@ -312,6 +323,12 @@ class EvalConfig(Strict):
             raise ValueError("expected kind pairrm or reward_model (an LLM judge: judge_model or judge_endpoint)")
         return value
 
+    @model_validator(mode="after")
+    def _one_judge(self) -> "EvalConfig":
+        if self.judge_scorer is not None and (self.judge_model or self.judge_endpoint):
+            raise ValueError("judge_scorer: expected one judge (judge_scorer, judge_model or judge_endpoint)")
+        return self
+
 
 class LoraConfig(Strict):
     r: int = Field(16, ge=1)
@@ -349,7 +366,7 @@ class TrainConfig(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(1, ge=0, description="used when use_gpu")
-    resources_per_worker: dict[str, float] = Field({}, description="custom Ray resources per training worker "
+    resources_per_worker: CustomResources = Field({}, description="custom Ray resources per training worker "
                                                    "(e.g. a node-type or accelerator resource of your cluster)")
     strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
         "ddp", description="ddp: a model copy per worker; fsdp/deepspeed (ZeRO-3) shard models that "

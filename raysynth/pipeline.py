@@ -298,7 +298,7 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
                 _engine_class(engine), batch_format="pandas", batch_size=engine.batch_size,
                 compute=ray.data.ActorPoolStrategy(min_size=engine.concurrency[0], max_size=engine.concurrency[1]),
                 num_cpus=engine.endpoint.num_cpus if engine.endpoint else engine.num_cpus,
-                num_gpus=0 if engine.endpoint else engine.num_gpus, resources=engine.resources,
+                num_gpus=0 if engine.endpoint else engine.num_gpus, resources={} if engine.endpoint else engine.resources,
                 # Bounded: Ray Data's default restarts a dead actor and retries its batch forever.
                 max_restarts=engine.max_restarts, max_task_retries=engine.batch_retries,
                 fn_constructor_kwargs={"engine": engine, "model_dir": model_dir, **step_args},

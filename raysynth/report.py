@@ -255,7 +255,7 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
                 w = result["winrate"]
                 parts.append(f"<p>iteration {result['iteration']} vs {html.escape(w['baseline'])}: {w['wins']} wins, "
                              f"{w['ties']} ties, {w['losses']} losses, {w['incomplete']} incomplete (judge: "
-                             f"{html.escape(w['judge'])}, both orders)</p>")
+                             f"{html.escape(w['judge'])}, {html.escape(w.get('method', 'both orders'))})</p>")
     else:
         parts.append("<p class='muted'>No evaluation in this run (set an <code>eval:</code> section).</p>")
     registry = read_registry(run.path)
@@ -277,7 +277,7 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
         searches = [step for step in iterations if step.get("beta_search", {}).get("held_out_accuracy")]
         if searches:
             parts += ["<p>SimPO beta search: share of held-out seed pairs each beta's model ranks right</p>",
-                      _table(pd.DataFrame([{"iteration": step["iteration"], "kept beta": step["beta_search"]["beta"],
+                      _table(pd.DataFrame([{"iteration": step["iteration"], "kept beta": f'{step["beta_search"]["beta"]:g}',
                                             **{f"beta {b}": a for b, a in step["beta_search"]["held_out_accuracy"].items()}}
                                            for step in searches]))]
     parts.append("<h2>Stages: rows and throughput</h2>")

@@ -26,6 +26,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (GOOD + "engine:\n  concurrency: [3, 1]\n", "engine.concurrency", "min <= max"),
     (GOOD + "promotion:\n  ifeval_metrics: [accuracy]\n", "promotion.ifeval_metrics.0", "prompt_strict"),
     (GOOD + "eval:\n  judge_scorer:\n    kind: llm_judge\n", "eval.judge_scorer", "pairrm or reward_model"),
+    (GOOD + "eval:\n  judge_model: smollm2-135m\n  judge_scorer:\n    kind: pairrm\n", "eval", "expected one judge"),
+    (GOOD + "engine:\n  resources:\n    GPU: 1\n", "engine.resources", "custom resources only"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, field: str, expected: str):
     run = tmp_path / "run"

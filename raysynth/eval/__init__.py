@@ -98,7 +98,8 @@ def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict
     decided = [OUTCOME_VALUE[w] for w in outcomes["winner"] if w in OUTCOME_VALUE]
     counts = {w: int((outcomes["winner"] == w).sum()) for w in ("a", "tie", "b", "incomplete")}
     counts["incomplete"] += len(pairs) - len(outcomes)  # both verdicts of the pair unparseable
-    return {"win_rate": rate(decided, cfg.seed), "judge": judge_name,
+    method = "reward-model score gap" if cfg.judge_scorer is not None else "both orders"
+    return {"win_rate": rate(decided, cfg.seed), "judge": judge_name, "method": method,
             "wins": counts["a"], "ties": counts["tie"], "losses": counts["b"], "incomplete": counts["incomplete"]}
 
 
@@ -126,8 +127,8 @@ def evaluate(run: RunDir, iteration: int, model: str, engine: EngineConfig, cfg:
              judge: str | None = None) -> dict[str, Any]:
     """Evaluate `model` as iteration `iteration` of `run`: against `baseline` (the model as evaluated at
     `baseline_iteration`, whose answers are reused) the judged win rate and the paired IFEval
-    differences; `judge` (default: the baseline) is the frozen model that judges when `eval.judge_model`
-    and `eval.judge_endpoint` are unset; `texts` (this iteration's synthetic data) for diversity.
+    differences; `judge` (default: the baseline) is the frozen model that judges when `eval.judge_model`,
+    `eval.judge_endpoint` and `eval.judge_scorer` are unset; `texts` (this iteration's synthetic data) for diversity.
     Writes eval/iter-NN.json."""
     # Its stages measure: a judge that parses no verdict is a result (counted as incomplete), never a
     # reason to stop the run, whatever the run's on_empty says.

@@ -160,11 +160,11 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
 
 
 def split_holdout(rows: list[dict[str, Any]], share: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The seed rows the recipe uses, and `share` of them (a seeded draw, at least one) set aside;
-    share 0: all rows, none set aside. Both keep the rows' order."""
-    if not share or not rows:
+    """The seed rows the recipe uses, and `share` of them (a seeded draw, at least one, never all) set
+    aside; share 0 or fewer than two rows: all rows, none set aside. Both keep the rows' order."""
+    if not share or len(rows) < 2:
         return rows, []
-    held = set(random.Random(seed).sample(range(len(rows)), max(1, round(share * len(rows)))))
+    held = set(random.Random(seed).sample(range(len(rows)), min(len(rows) - 1, max(1, round(share * len(rows))))))
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
@@ -188,7 +188,10 @@ def train_policy(run_dir: RunDir, t: int, cfg: SynpoRun, data: Path, policy: str
     `synpo.beta_search`: one run per beta, each evaluated on the held-out seed prompts answered by M_{t-1}
     (gold as chosen, the answer as rejected); kept: the model that ranks the most pairs right by SimPO's
     implicit reward (the length-normalised log-likelihood; beta only scales it, so the accuracy compares
-    across betas), the first listed beta on a tie. Returns the model and what the search found."""
+    across betas; TRL reports it as the mean of its evaluation batches' shares, exact when the pairs
+    fill the batches evenly), the first listed beta on a tie. gamma follows beta, keeping train's
+    gamma/beta ratio (SimPO tunes that ratio; TRL's simpo_gamma is the absolute margin). Returns the
+    model and what the search found."""
     initial = cfg.engine.model
 
     def train(train_cfg, eval_data: Path | None = None) -> Path:
@@ -206,7 +209,8 @@ def train_policy(run_dir: RunDir, t: int, cfg: SynpoRun, data: Path, policy: str
     atomic_write_parquet(validation, select_pairs(answers, "gold", "response", answers.rows_out(), cfg.seed))
     models, accuracy = {}, {}
     for beta in cfg.synpo.beta_search:
-        models[beta] = train(cfg.train.model_copy(update={"simpo_beta": beta}), validation)
+        ratio = cfg.train.simpo_gamma / cfg.train.simpo_beta
+        models[beta] = train(cfg.train.model_copy(update={"simpo_beta": beta, "simpo_gamma": ratio * beta}), validation)
         accuracy[beta] = float(training_summary(models[beta])["train_metrics"]["eval_rewards/accuracies"])
     best = max(cfg.synpo.beta_search, key=lambda beta: accuracy[beta])
     print(f"[beta] iteration {t}: held-out pairs ranked right " + ", ".join(

@@ -52,6 +52,7 @@ class WriteProgress(TrainerCallback):
 def _training_args(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
     args: dict[str, Any] = dict(
         output_dir=output_dir, per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_eval_batch_size=cfg.per_device_batch_size,  # HF's default 8 can exceed a device's memory
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
