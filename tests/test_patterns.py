@@ -25,3 +25,35 @@ def test_text_without_a_marker_is_exactly_the_texts_that_lack_it(marker):
 def test_markers_that_repeat_their_first_character_are_refused():
     with pytest.raises(ValueError):
         text_without("abca")
+
+
+def every_step() -> list[tuple[str, object]]:
+    from raysynth.config import CondorConfig, ISheepConfig, JudgeConfig, RefedConfig, SynpoConfig
+    from raysynth.steps.condor import condor_steps
+    from raysynth.steps.isheep import isheep_steps
+    from raysynth.steps.judge import judge_steps
+    from raysynth.steps.refed import refed_steps
+    from raysynth.steps.synpo import synpo_steps
+
+    steps = [(f"condor guards={g}/{k}", s) for g in (True, False) for k, s in
+             condor_steps(CondorConfig(small_model_guards=g, grow_tags=3)).items()]
+    steps += [(f"isheep guards={g}/{k}", s) for g in (True, False) for k, s in
+              isheep_steps(ISheepConfig(small_model_guards=g)).items()]
+    steps += [(f"refed items={n}/{k}", s) for n in (5, None) for k, s in refed_steps(RefedConfig(max_list_items=n)).items()]
+    steps += [(f"judge/{k}", s) for k, s in judge_steps(JudgeConfig()).items()]
+    steps += [(f"synpo/{k}", s) for k, s in synpo_steps(SynpoConfig()).items()]
+    return [(name, step) for name, step in steps if step.regex or step.json_schema]
+
+
+@pytest.mark.parametrize("name, step", every_step(), ids=lambda value: value if isinstance(value, str) else "")
+def test_every_step_s_grammar_compiles_in_vllm_s_backend(name, step):
+    """xgrammar, vLLM's structured-output backend, compiles each step's pattern or schema with the
+    small-model guards on and off: a grammar it refuses empties every reply of the step (found by
+    bench/guards.py: I-SHEEP's unguarded pattern had a raw new line in a character class)."""
+    import json
+
+    import xgrammar  # installed with vLLM
+    if step.regex:
+        xgrammar.Grammar.from_regex(step.regex)
+    else:
+        xgrammar.Grammar.from_json_schema(json.dumps(step.json_schema))

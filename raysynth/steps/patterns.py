@@ -18,7 +18,7 @@ def text_without(marker: str) -> str:
     if not rest or first in rest:
         raise ValueError(f"unsupported marker {marker!r}")
     c0 = _char(first)
-    prefixes = [re.escape(rest[:m]) for m in range(len(rest))]  # the marker's tail read so far after c0
+    prefixes = ["".join(map(_char, rest[:m])) for m in range(len(rest))]  # the marker's tail read so far after c0
     # From "c0 seen" (state 1): read a partial tail, then c0 again (back to state 1) ...
     loop = "(?:" + "|".join(prefixes) + ")" + c0
     # ... or a character that is neither c0 nor the next one of the marker (back to the start).
@@ -28,10 +28,15 @@ def text_without(marker: str) -> str:
     return f"(?:[^{_class(first)}]|{c0}{after_c0})*{ending}"
 
 
+# Control characters as escapes: vLLM's grammar compiler (xgrammar) refuses a raw new line inside a
+# character class, and every request of a step whose pattern it refuses comes back empty.
+_CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _char(c: str) -> str:
-    return re.escape(c)
+    return _CONTROL.get(c) or re.escape(c)
 
 
 def _class(c: str) -> str:
     """`c` escaped for use inside a character class."""
-    return "\\" + c if c in "\\]^-[" else c
+    return _CONTROL.get(c) or ("\\" + c if c in "\\]^-[" else c)
