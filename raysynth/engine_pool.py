@@ -60,7 +60,8 @@ class EnginePool:
         from raysynth.engine import VLLMEngine, actor_runtime_env
 
         settings = engine.model_dump(mode="json", exclude={"batch_size", "keep_alive", "endpoint"})
-        key = json.dumps([ray_instance(), model_dir, settings], sort_keys=True)
+        instance = ray_instance()
+        key = json.dumps([instance, model_dir, settings], sort_keys=True)
         if self.held["key"] == key and not all_alive(self.held["handles"], engine.batch_timeout_s):
             self.release()  # one has used up its restarts (or hangs): start the model's engines afresh
         if self.held["key"] != key:
@@ -69,7 +70,7 @@ class EnginePool:
             actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
                                                    resources=engine.resources, max_restarts=engine.max_restarts,
                                                    max_task_retries=0, **actor_runtime_env(engine))
-            self.held.update(key=key, instance=ray_instance(),
+            self.held.update(key=key, instance=instance,
                              handles=[actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])])
         return self.held["handles"]
 

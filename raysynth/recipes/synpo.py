@@ -207,9 +207,8 @@ def train_policy(run_dir: RunDir, t: int, cfg: SynpoRun, data: Path, policy: str
     validation = run_dir.iteration_dir(t) / "preferences" / "validation.parquet"
     validation.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(validation, select_pairs(answers, "gold", "response", answers.rows_out(), cfg.seed))
-    models, accuracy = {}, {}
+    models, accuracy, ratio = {}, {}, cfg.train.simpo_gamma / cfg.train.simpo_beta
     for beta in cfg.synpo.beta_search:
-        ratio = cfg.train.simpo_gamma / cfg.train.simpo_beta
         models[beta] = train(cfg.train.model_copy(update={"simpo_beta": beta, "simpo_gamma": ratio * beta}), validation)
         accuracy[beta] = float(training_summary(models[beta])["train_metrics"]["eval_rewards/accuracies"])
     best = max(cfg.synpo.beta_search, key=lambda beta: accuracy[beta])
