@@ -34,6 +34,7 @@ from raysynth.promotion import gate
 
 RESULTS = REPO / "bench" / "results-outcome.md"
 ITERATED = {"synpo", "isheep"}  # Condor and REFED train once
+EVAL_BATCH = 192
 
 
 def fmt(m: dict[str, Any], signed: bool = False) -> str:
@@ -60,12 +61,15 @@ def evaluate_all(run_dir: Path, eval_cfg: EvalConfig) -> list[dict[str, Any]]:
     initial = getattr(cfg, "student_model", None) or cfg.engine.model
     init_ray()
     run = RunDir(run_dir)
+    # The recipe's small engine batches (48 for I-SHEEP) leave the engine half empty on 541 long answers:
+    # the evaluation feeds it EVAL_BATCH prompts per call (541 = 3 calls); the answers do not depend on it.
+    engine = cfg.engine.model_copy(update={"batch_size": EVAL_BATCH})
     started = time.time()
-    results = [evaluate(run, 0, initial, cfg.engine, eval_cfg) | {"seconds": time.time() - started}]
+    results = [evaluate(run, 0, initial, engine, eval_cfg) | {"seconds": time.time() - started}]
     for entry in sorted(read_registry(run_dir).models.values(), key=lambda e: e.iteration):
         if entry.iteration:
             started = time.time()
-            result = evaluate(run, entry.iteration, entry.path, cfg.engine, eval_cfg, baseline=initial,
+            result = evaluate(run, entry.iteration, entry.path, engine, eval_cfg, baseline=initial,
                               baseline_iteration=0, judge=initial)
             results.append(result | {"seconds": time.time() - started})
     return results
