@@ -28,16 +28,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from raysynth.config import CONDOR_TASK_TYPES, CondorConfig, EngineConfig, ISheepConfig
+from raysynth.config import EngineConfig
 from raysynth.eval.stats import rate
+from raysynth.hashing import stable_hash
 from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, carried_columns, init_ray, run_llm_stage, write_source_stage
-from raysynth.recipes.condor import example_questions, load_tag_tree, tag_task_rows
+from raysynth.recipes.condor.config import CONDOR_TASK_TYPES, CondorConfig
+from raysynth.recipes.condor.recipe import example_questions, load_tag_tree, tag_task_rows
+from raysynth.recipes.condor.steps import condor_steps
+from raysynth.recipes.isheep.config import ISheepConfig
+from raysynth.recipes.isheep.steps import generation_requests, isheep_steps
 from raysynth.shipped import seed_tasks
 from raysynth.steps import LLMStep
-from raysynth.steps.condor import condor_steps
-from raysynth.steps.isheep import generation_requests, isheep_steps
-from raysynth.store import RunDir, StageDir, stable_hash
+from raysynth.store import RunDir, StageDir
 
 MODEL = "smollm2-135m"
 LINEAGE = Lineage("bench", 1, MODEL)

@@ -25,11 +25,12 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from raysynth.config import KeywordConfig
-from raysynth.keywords import run_keyword_pool, run_keyword_sample
+from raysynth.hashing import row_id
 from raysynth.pipeline import Lineage, init_ray
+from raysynth.recipes.synpo.config import KeywordConfig
+from raysynth.recipes.synpo.keywords import run_keyword_pool, run_keyword_sample
 from raysynth.shipped import CORPUS
-from raysynth.store import RunDir, StageDir, row_id
+from raysynth.store import RunDir, StageDir
 
 CHUNK = 50_000
 

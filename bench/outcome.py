@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO, commit
-
-from raysynth.config import EvalConfig, PromotionConfig, SamplingConfig, load_config
+from raysynth.config import EvalConfig, PromotionConfig, SamplingConfig
 from raysynth.promotion import gate
+from raysynth.recipes import load_config
 
 RESULTS = REPO / "bench" / "results-outcome.md"
 ITERATED = {"synpo", "isheep"}  # Condor and REFED train once

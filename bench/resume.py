@@ -24,9 +24,9 @@ from pathlib import Path
 
 from keywords import PeakMemory, shipped_keyword_lists, tiled_pool
 
-from raysynth.config import KeywordConfig
-from raysynth.keywords import run_keyword_sample
 from raysynth.pipeline import Lineage, init_ray
+from raysynth.recipes.synpo.config import KeywordConfig
+from raysynth.recipes.synpo.keywords import run_keyword_sample
 from raysynth.store import MANIFEST, RunDir, StageDir
 
 

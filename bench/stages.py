@@ -21,10 +21,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from raysynth.config import EngineConfig, ISheepConfig
+from raysynth.config import EngineConfig
 from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, init_ray, run_llm_stage, write_source_stage
-from raysynth.steps.isheep import isheep_steps
+from raysynth.recipes.isheep.config import ISheepConfig
+from raysynth.recipes.isheep.steps import isheep_steps
 from raysynth.store import RunDir
 
 

@@ -30,8 +30,8 @@ def run(
     Exit codes: 0 done (or stopped as asked); 2 a bad config, or another driver holds the run dir;
     3 a stage kept nothing of a non-empty input (on_empty: stop); 4 a stage failed past its retries.
     Every stop keeps what was committed: re-running resumes."""
-    from raysynth.config import load_config
     from raysynth.models import resolve_model
+    from raysynth.recipes import load_config
 
     overrides = list(set_) + ([f"run_dir={run_dir}"] if run_dir else []) + ([f"stop_after={stop_after}"] if stop_after else [])
     with _exit_on_user_error(model_field=f"{config}: field 'engine.model'"):
@@ -58,13 +58,13 @@ def run(
 def _run_holding_the_lock(cfg, lock) -> None:
     import ray
 
+    from raysynth.faults import StageFailed
     from raysynth.pipeline import init_ray
     from raysynth.recipes import RECIPES
     from raysynth.status import print_status
-    from raysynth.faults import StageFailed
-    from raysynth.store import NothingKept, StopRequested, atomic_write_bytes
+    from raysynth.store import RUN_CONFIG, NothingKept, StopRequested, atomic_write_bytes
 
-    atomic_write_bytes(cfg.run_dir / "config.yaml", _dump_yaml(cfg).encode())
+    atomic_write_bytes(cfg.run_dir / RUN_CONFIG, _dump_yaml(cfg).encode())
     started = time.time()
     log_file = cfg.run_dir / "logs" / "driver.log"
     init_ray(log_file)
@@ -73,18 +73,18 @@ def _run_holding_the_lock(cfg, lock) -> None:
     _one_message_per_failure()
     lock.note_ray_job(ray.get_runtime_context().get_job_id())
     try:
-        result = RECIPES[cfg.recipe](cfg)
+        result = RECIPES[cfg.recipe].run(cfg)
     except StopRequested as stop:
         print_status(cfg.run_dir)
         typer.echo(f"\n[stop] {stop}: stopped as asked (--stop-after). Re-run without it to go on.")
         return
     except StageFailed as failed:
         typer.echo(f"\nerror: stage {failed}. The batches it could not do were retried and not committed; "
-                   f"fix the cause, then resume: raysynth run {cfg.run_dir / 'config.yaml'}", err=True)
+                   f"fix the cause, then resume: raysynth run {cfg.run_dir / RUN_CONFIG}", err=True)
         raise typer.Exit(4)
     except NothingKept as empty:
         print_status(cfg.run_dir)
-        saved = cfg.run_dir / "config.yaml"
+        saved = cfg.run_dir / RUN_CONFIG
         typer.echo(f"\nerror: {empty}. Nothing after it can run on no rows. See why in the stage's rejected rows "
                    f"(raysynth status {cfg.run_dir}, raysynth report {cfg.run_dir}); change the settings that dropped "
                    f"them and re-run, or go on with it empty: raysynth run {saved} --set on_empty=continue", err=True)
@@ -216,14 +216,15 @@ def eval_(
 ) -> None:
     """Evaluate a model: IFEval prompt/instruction accuracy (strict and loose), win rate against a
     baseline (pairwise judge, both orders), each with a bootstrap 95% interval."""
-    from raysynth.config import EngineConfig, EvalConfig, load_section, saved_run_config
+    from raysynth.config import EngineConfig, EvalConfig, load_section
     from raysynth.models import resolve_model
+    from raysynth.store import RUN_CONFIG, saved_run_config
 
     path, registered_iteration = _run_model(run_dir, model)
     base = {"limit": limit or None, "generation": {"temperature": 0.0, "max_tokens": max_tokens, "structured": False}}
     with _exit_on_user_error():
         cfg = load_section(EvalConfig, base, set_, "raysynth eval")
-        engine = load_section(EngineConfig, saved_run_config(run_dir).get("engine", {}), [], f"{run_dir}/config.yaml")
+        engine = load_section(EngineConfig, saved_run_config(run_dir).get("engine", {}), [], f"{run_dir}/{RUN_CONFIG}")
         resolve_model(path)
         if baseline:
             resolve_model(_run_model(run_dir, baseline)[0])

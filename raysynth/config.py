@@ -7,11 +7,11 @@ Every error names the file, the field path and what was expected; `load_config` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 
 class Strict(BaseModel):
@@ -140,14 +140,6 @@ class EngineConfig(Strict):
         return value
 
 
-class CondorSteps(Strict):
-    grow_tags: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=256)
-    question: SamplingConfig = SamplingConfig(max_tokens=512)
-    answer: SamplingConfig = SamplingConfig(max_tokens=1024, structured=False)
-    critique: SamplingConfig = SamplingConfig(max_tokens=512)
-    refine: SamplingConfig = SamplingConfig(max_tokens=1024)
-
-
 def guards_field() -> Any:
     """The switch between structured outputs that also constrain content and ones that fix only the
     markers a parser needs."""
@@ -155,75 +147,6 @@ def guards_field() -> Any:
                  "parseable (one line, a capital first letter, no brackets, length caps); false: they fix only "
                  "the markers the parser needs and any text goes between them (multi-line, brackets, code, "
                  "any script), as a 7B model writes (jobs/*.yaml)")
-
-
-# The paper's seven task types (arXiv 2501.12273, appendix "Detailed explanation of total 7 chat
-# tasks"), each with a one-line description in our words; the question prompt names both.
-CONDOR_TASK_TYPES = {
-    "Role Playing": "take on a role and hold a conversation or act as that role would, to explore a "
-                    "perspective or a scenario",
-    "Daily Chat": "casual conversation: greetings, small talk, sharing everyday experiences",
-    "Domain QA": "an expert, accurate answer to a question within a specific field",
-    "Given Material Processing": "analyse, transform or summarise a text, data or other material that "
-                                 "the question itself provides",
-    "Response Format Control": "answer under explicit requirements on format, style or wording",
-    "View": "give an opinion, an insight or a perspective on a topic",
-    "Creation": "write new content: an article, a story, a poem, a design",
-}
-
-
-def _task_types(value: Any) -> Any:
-    """A list names some of the paper's task types (their descriptions are ours); a mapping gives
-    name -> description for any task type."""
-    if isinstance(value, list):
-        unknown = [v for v in value if v not in CONDOR_TASK_TYPES]
-        if unknown:
-            raise ValueError(f"unknown task types {unknown}: a list names the paper's "
-                             f"({', '.join(CONDOR_TASK_TYPES)}); give a mapping name: description for others")
-        return {name: CONDOR_TASK_TYPES[name] for name in value}
-    return value
-
-
-class TagTreeConfig(Strict):
-    """Condor's knowledge tree built by the model, as the paper does: root domains first, then each
-    node's sub-topics returned as a list, level by level; the last level's topics are the leaf tags.
-    The paper's tree is bilingual (4,249 Chinese and 4,296 English tags): one tree per language."""
-
-    roots: list[str] | None = Field(None, description="the root domains; None: the model lists `root_count` "
-                                    "per language")
-    root_count: int = Field(10, ge=1, description="root domains asked for per language, when `roots` is None")
-    children: int = Field(8, ge=1, description="sub-topics asked for per node")
-    depth: int = Field(2, ge=1, description="levels below the roots; the deepest level's topics are the tags")
-    languages: list[str] = Field(default_factory=lambda: ["English"], min_length=1,
-                                 description="a tree per language, its questions asked for in that language "
-                                 "(the paper: [Chinese, English])")
-    sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=512)
-
-
-class CondorConfig(Strict):
-    tag_tree: ExistingFile | None = Field(None, description="JSON tag tree; None: the tree shipped with raysynth")
-    build_tree: TagTreeConfig | None = Field(None, description="build the tree with the model instead of reading "
-                                             "`tag_tree` (the paper's way); None: read it")
-    grow_tags: int = Field(0, ge=0, description="optional tree growth: ask the model for this many new "
-                           "leaf tags per branch before synthesis; 0: off (use the tree as given)")
-    max_tags: int | None = Field(None, ge=1, description="sample this many leaf tags (seeded, after "
-                                 "growth); None: all")
-    task_types: Annotated[dict[str, str], BeforeValidator(_task_types)] = Field(
-        default_factory=lambda: dict(CONDOR_TASK_TYPES), min_length=1,
-        description="task type -> one-line description, each tag is asked for questions of every one (paper: "
-        "its seven); a list picks some of the paper's")
-    difficulties: list[str] = Field(default_factory=lambda: ["Easy", "Medium", "Hard"], min_length=1)
-    examples_per_prompt: int = Field(3, ge=0, description="example questions in each question prompt, drawn "
-                                     "per (tag, task type) from `example_questions`, with the paper's 'for "
-                                     "inspiration, do not copy' instruction; 0: none (the paper does not say how many)")
-    example_questions: ExistingFile | None = Field(None, description="JSONL, an `instruction` per line; None: the "
-                                                   "175 self-instruct seed tasks shipped with raysynth")
-    refine_rounds: int = Field(1, ge=0, description="critique-refine rounds (paper: 1)")
-    small_model_guards: bool = guards_field()
-    max_question_chars: int = Field(600, ge=20, description="per question, with small_model_guards")
-    max_section_chars: int = Field(500, ge=20, description="per critique section, with small_model_guards")
-    max_answer_chars: int = Field(4000, ge=20, description="refined answer, with small_model_guards")
-    steps: CondorSteps = CondorSteps()
 
 
 class JudgeConfig(Strict):
@@ -469,270 +392,6 @@ def student_field(paper: str) -> Any:
                                    f"{paper}); None: the synthesizing model, engine.model (or its endpoint's)")
 
 
-class CondorRun(RunHeader):
-    recipe: Literal["condor"]
-    run_dir: Path = Path("runs/condor")
-    condor: CondorConfig = CondorConfig()
-    student_model: str | None = student_field("a base model, while an instruct model synthesizes")
-    train: TrainConfig | None = Field(
-        None, description="SFT on the refined data after synthesis (Condor's last step); None: synthesis only")
-    eval: EvalConfig | None = Field(None, description="evaluate the base model (and the trained one, "
-                                    "against it) and the data's diversity; None: no evaluation")
-
-
-class KeywordConfig(Strict):
-    """SynPO's keyword lists (appendix C.1; raysynth/keywords.py says what the paper leaves open)."""
-
-    per_list: int = Field(3, ge=1, description="keywords per list, all from one paragraph (paper: 3)")
-    candidates: int = Field(10, ge=1, description="YAKE keywords per paragraph that a list is drawn from")
-    max_ngram: int = Field(2, ge=1, le=3, description="words per keyword at most")
-    max_words: int = Field(300, ge=10, description="words of a paragraph YAKE reads (its cost grows with length)")
-    oversample: float = Field(1.2, ge=1, description="keyword lists drawn per wanted prompt, for the lists "
-                              "and prompts filtered out (paper: 36k-72k lists for 50k prompts)")
-    batch_size: int = Field(256, ge=1, description="paragraphs per block of the pool stage (the unit of commit)")
-    sample_batch_size: int = Field(8192, ge=1, description="pool lists per block of the sampling stage")
-
-
-class SynpoSteps(Strict):
-    # Paper: prompts sampled at temperature 0.7 (C.1); its decoding temperature for answers and
-    # improvements is not legible in our copy, so 0.7 there too (its AlpacaEval decoding value).
-    generate_prompt: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=256, structured=False)
-    answer: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=1024, structured=False)
-    improve: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=1024, structured=False)
-
-
-class SynpoConfig(Strict):
-    """SynPO (arXiv 2410.06961). Paper values as defaults: 4 iterations, 50k synthetic prompts and up
-    to 10,000 new pairs per iteration, PairRM gap 0.20 (ArmoRM 0.02), > 50% repetition dropped."""
-
-    seed_data: ExistingFile | None = Field(None, description="seed SFT JSONL: instruction/input/output (Alpaca) or "
-                                   "prompt/response rows; None: the Alpaca slice shipped with raysynth")
-    seed_limit: int | None = Field(None, ge=1, description="first N seed rows; None: all")
-    corpus: list[str] | None = Field(None, description="paragraph files or directories (JSONL / Parquet / text, "
-                                     "local or s3:// gs:// paths); None: the paragraphs shipped with raysynth")
-    text_column: str = Field("text", description="the paragraph column of JSONL/Parquet corpus files")
-    keywords: KeywordConfig = KeywordConfig()
-    iterations: int = Field(4, ge=1, description="paper: 4")
-    prompts_per_iteration: int = Field(50000, ge=1, description="synthetic prompts wanted per iteration "
-                                       "(paper: 50k); about this many come out after filtering")
-    max_prompt_chars: int = Field(2000, ge=10, description="longer generated prompts are dropped")
-    prompt_filter: FilterConfig = Field(FilterConfig(rouge_l_max=None), description="filters over generated "
-                                        "prompts; default: MinHash near-duplicates only")
-    pair_builder: Literal["synpo", "sampling_ranking", "seed_po"] = Field(
-        "synpo", description="synpo: (improved, original) on synthetic prompts; the paper's baselines: "
-        "sampling_ranking (best vs worst of steps.answer.n samples by the scorer; paper n=5) and "
-        "seed_po (seed gold as chosen, the policy's answer as rejected)")
-    pairs_per_iteration: int = Field(10000, ge=1, description="new pairs added to the accumulated set per "
-                                     "iteration, drawn at random from those kept (paper: 10,000)")
-    scorer: ScorerConfig = ScorerConfig()
-    judge_model: str | None = Field(None, description="llm_judge scorer's model; None: the initial model")
-    steps: SynpoSteps = SynpoSteps()
-    generator_train: TrainConfig = Field(TrainConfig(method="sft"), description="self-prompt generator SFT")
-    improver_train: TrainConfig = Field(TrainConfig(method="sft"), description="response improver SFT, each iteration")
-    beta_search: list[Annotated[float, Field(gt=0)]] = Field(
-        [], description="SimPO betas to train each iteration, keeping the model that ranks held-out seed pairs "
-        "(gold over the current policy's answer) best by SimPO's implicit reward (paper: beta searched in 2-12, "
-        "seed data for validation); empty: one run with train.simpo_beta (each beta is a full training run: "
-        "off by default, too slow on CPU)")
-    beta_search_holdout: float = Field(0.1, gt=0, lt=1, description="with beta_search, the share of the seed rows "
-                                       "set aside as its validation pairs and kept out of all training (the "
-                                       "paper does not say how much)")
-
-    @field_validator("corpus")
-    @classmethod
-    def _corpus_exists(cls, value: list[str] | None) -> list[str] | None:
-        for item in value or []:
-            if "://" not in item and not Path(item).exists():
-                raise ValueError(f"not found: {item}")
-        if value is not None and not value:
-            raise ValueError("expected at least one path")
-        return value
-
-    @model_validator(mode="after")
-    def _ranking_needs_samples(self) -> "SynpoConfig":
-        if self.pair_builder == "sampling_ranking" and self.steps.answer.n < 2:
-            raise ValueError("pair_builder sampling_ranking needs steps.answer.n >= 2 (paper: 5)")
-        for name in ("generator_train", "improver_train"):
-            if getattr(self, name).method != "sft":
-                raise ValueError(f"{name}.method: expected sft")
-        return self
-
-
-class SynpoRun(RunHeader):
-    recipe: Literal["synpo"]
-    run_dir: Path = Path("runs/synpo")
-    synpo: SynpoConfig = SynpoConfig()
-    train: TrainConfig = Field(TrainConfig(method="simpo"), description="preference optimisation of the "
-                               "initial model on the accumulated pairs, each iteration (paper: SimPO)")
-    eval: EvalConfig | None = Field(EvalConfig(), description="after each iteration, against iteration 0; None: off")
-
-    @field_validator("train")
-    @classmethod
-    def _preference_method(cls, value: TrainConfig) -> TrainConfig:
-        if value.method == "sft":
-            raise ValueError("expected a preference method: simpo (paper) or dpo")
-        return value
-
-    @model_validator(mode="after")
-    def _beta_search_is_simpo(self) -> "SynpoRun":
-        if self.synpo.beta_search and self.train.method != "simpo":
-            raise ValueError("synpo.beta_search: expected train.method simpo (the betas are SimPO's)")
-        return self
-
-
-# Self-Instruct's heuristic filters on generated instructions (its bootstrap_instructions.py): 4 to
-# 150 words, no task a text model cannot do (these words), no "Write a program" (ambiguous whether
-# to write one or give its output), no start with punctuation or a non-English character.
-SELF_INSTRUCT_BLOCKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
-                           "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
-SELF_INSTRUCT_FILTER = FilterConfig(min_words=4, max_words=150, ascii_start=True,
-                                    blocked_prefixes=["Write a program"], blocklist=SELF_INSTRUCT_BLOCKLIST,
-                                    near_duplicate_jaccard=None, rouge_l_max=0.7)
-
-
-class AssessmentConfig(Strict):
-    """I-SHEEP's metacognitive self-assessment: the model scores its own (instruction, response) pairs
-    1-10 (the paper's scale) and pairs below the threshold are dropped."""
-
-    level: Literal["both", "quality", "following", "none"] = Field(
-        "both", description="what is scored (paper ablation): response quality, instruction following, both "
-        "(paper's choice), or none (no self-assessment: every pair is kept)")
-    prompt: Literal["simple", "combined", "icl"] = Field(
-        "combined", description="the paper's three assessment prompts: simple standard (poor vs good), combined "
-        "standard (several criteria), in-context examples (its appendix B cases, no criteria)")
-    threshold: float = Field(8, ge=1, le=10, description="keep pairs scoring at least this (paper: 8)")
-    combine: Literal["min", "mean"] = Field(
-        "min", description="level both: the score compared with the threshold; min: both must pass (our "
-        "reading; the paper does not say), mean: their average")
-    max_explanation_chars: int = Field(200, ge=10, description="explanation before the scores, structured mode")
-
-
-class DataFilterConfig(Strict):
-    """The paper's filters that use no prompt: perplexity of the response under the model, and density
-    (k-means over the model's last-layer representations, sampling from each cluster), or both."""
-
-    kind: Literal["none", "perplexity", "density", "density_perplexity"] = Field(
-        "none", description="perplexity: drop above max_perplexity; density: per_cluster random rows from each "
-        "of `clusters` clusters; density_perplexity: the lowest-perplexity rows of each cluster")
-    max_perplexity: float = Field(50, gt=1, description="paper: 50")
-    clusters: int = Field(3000, ge=1, description="k-means clusters (paper: 3000 at 10k pairs); capped at the rows")
-    per_cluster: int = Field(1, ge=1, description="rows kept from each cluster (the paper does not say how many)")
-    max_length: int = Field(2048, ge=16, description="tokens per (instruction, response) scored")
-    batch_size: int = Field(16, ge=1)
-    concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool")
-    num_cpus: float = Field(1, ge=0)
-    num_gpus: float = Field(0, ge=0)
-
-
-class ISheepSteps(Strict):
-    # The paper gives no decoding settings: Alpaca's (temperature 1.0) for instructions, 0.7 for
-    # answers, greedy for self-assessment.
-    generate: SamplingConfig = SamplingConfig(temperature=1.0, max_tokens=256)
-    answer: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=1024, structured=False)
-    assess: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=128)
-
-
-class ISheepConfig(Strict):
-    """I-SHEEP (arXiv 2408.08072). Paper values as defaults: 175 seed tasks, 10k pairs generated per
-    iteration, self-assessment of quality and instruction following with threshold 8, the base model
-    trained on the last iteration's data (One_base)."""
-
-    seed_tasks: ExistingFile | None = Field(None, description="Self-Instruct seed tasks JSONL (instruction + "
-                                            "instances) or instruction/input rows; None: the 175 shipped ones")
-    iterations: int = Field(3, ge=1, description="paper: 3 in its setting comparisons; up to 6 for 72B")
-    instructions_per_iteration: int = Field(10000, ge=1, description="instructions generated per iteration, "
-                                            "before filters (paper: 10k)")
-    icl_examples: int = Field(3, ge=1, description="seed tasks shown per generation request (Alpaca's meta-prompt: 3)")
-    max_instruction_chars: int = Field(500, ge=20)
-    max_input_chars: int = Field(500, ge=1)
-    small_model_guards: bool = guards_field()
-    instruction_filter: FilterConfig = Field(SELF_INSTRUCT_FILTER, description="Self-Instruct's heuristics and "
-                                             "ROUGE-L novelty (< 0.7 against the seed tasks and kept instructions)")
-    assessment: AssessmentConfig = AssessmentConfig()
-    data_filter: DataFilterConfig = DataFilterConfig()
-    training_setting: Literal["one_base", "one_last", "total_base"] = Field(
-        "one_base", description="one_base: the base model on the last iteration's data (paper's choice); "
-        "one_last: the last model on its own data; total_base: the base model on all data so far")
-    steps: ISheepSteps = ISheepSteps()
-
-
-class ISheepRun(RunHeader):
-    recipe: Literal["isheep"]
-    run_dir: Path = Path("runs/isheep")
-    isheep: ISheepConfig = ISheepConfig()
-    train: TrainConfig = Field(TrainConfig(method="sft"), description="SFT on the kept pairs, each iteration "
-                               "(paper: LoRA with LLaMA-Factory)")
-    eval: EvalConfig | None = Field(EvalConfig(), description="after each iteration, against iteration 0; None: off")
-
-    @field_validator("train")
-    @classmethod
-    def _sft(cls, value: TrainConfig) -> TrainConfig:
-        if value.method != "sft":
-            raise ValueError("expected method sft (I-SHEEP trains with SFT)")
-        return value
-
-
-class RefedSteps(Strict):
-    # The paper does not give decoding settings: greedy-ish for feedback, 1.0 for new instructions
-    # (diversity across the 10 per feature), 0.7 for answers and improvements.
-    instruction_feedback: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=256)
-    response_feedback: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=384)
-    generate: SamplingConfig = SamplingConfig(temperature=1.0, max_tokens=256)
-    answer: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=1024, structured=False)
-    improve: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=1536)
-
-
-class RefedConfig(Strict):
-    """Reference-level feedback (REFED, Mehri et al. 2025). Paper values as defaults: instruction feedback
-    (subject areas, skills) and response feedback (strengths, improvements) collected once per reference;
-    10 new instructions per reference and instruction feature (20 per reference); one-shot answers with the
-    reference pair; improvement with the reference's response feedback (analysis, strategy, improved
-    response). Filters are optional and off, as in the released 10k set."""
-
-    references: ExistingFile | None = Field(None, description="curated reference samples, JSONL: instruction/input/"
-                                            "output (Alpaca) or prompt/response; None: the Alpaca slice shipped with raysynth")
-    reference_limit: int | None = Field(None, ge=1, description="first N references; None: all")
-    features: list[Literal["subject_areas", "skills"]] = Field(
-        ["subject_areas", "skills"], min_length=1, description="instruction features that each steer new instructions")
-    instructions_per_feature: int = Field(10, ge=1, description="new instructions per reference and feature, asked "
-                                          "for in one request (paper: 10)")
-    training_data: Literal["synthetic", "references"] = Field(
-        "synthetic", description="synthetic: the REFED samples; references: the paper's seed-only baseline, SFT on "
-        "the curated references alone (no feedback or synthesis)")
-    feedback: Literal["reference", "instruction_only", "sample"] = Field(
-        "reference", description="reference: the reference's response feedback improves every answer (paper); the "
-        "paper's ablations: instruction_only (no improvement step) and sample (feedback written on each answer)")
-    max_list_items: int | None = Field(5, ge=1, description="feedback list items kept (subject areas, skills, "
-                                       "strengths, improvements): a small-model guard, the paper caps none; None: all")
-    max_instruction_chars: int = Field(1500, ge=10, description="longer generated instructions are dropped")
-    diversity_filter: FilterConfig | None = Field(
-        None, description="ROUGE-L diversity selection over new instructions, e.g. {rouge_l_max: 0.7}; None: off")
-    judge_filter: bool = Field(False, description="keep a sample only when the judge prefers the improved response "
-                               "to the original in both orders (position-swapped)")
-    judge: ScorerConfig = Field(ScorerConfig(kind="llm_judge"), description="the judge filter's scorer (llm_judge: "
-                                "gap 1.0 keeps agreed wins; 0 also keeps ties)")
-    judge_model: str | None = Field(None, description="the judge's model; None: the run's model")
-    steps: RefedSteps = RefedSteps()
-
-
-class RefedRun(RunHeader):
-    recipe: Literal["refed"]
-    run_dir: Path = Path("runs/refed")
-    refed: RefedConfig = RefedConfig()
-    student_model: str | None = student_field("a smaller student trained on a larger teacher's data")
-    train: TrainConfig | None = Field(TrainConfig(method="sft"), description="SFT on (instruction, improved "
-                                      "response); None: synthesis only")
-    eval: EvalConfig | None = Field(EvalConfig(), description="IFEval (and win rate) of the trained model "
-                                    "against the starting one; None: off")
-
-    @field_validator("train")
-    @classmethod
-    def _sft(cls, value: TrainConfig | None) -> TrainConfig | None:
-        if value is not None and value.method != "sft":
-            raise ValueError("expected method sft (REFED is an SFT dataset)")
-        return value
-
-
 class TrainJob(Strict):
     """`raysynth train CONFIG`: one training run on a stage's output or any Parquet/JSONL file."""
 
@@ -753,16 +412,9 @@ class TrainJob(Strict):
         return value
 
 
-RECIPE_NAMES = ("condor", "synpo", "isheep", "refed")
-INPUT_FILES = [("condor", "tag_tree"), ("condor", "example_questions"), ("eval", "ifeval"), ("eval", "winrate_prompts"),
-               ("synpo", "seed_data"), ("synpo", "corpus"), ("isheep", "seed_tasks"), ("refed", "references")]
-RunConfig = Annotated[Union[CondorRun, SynpoRun, ISheepRun, RefedRun], Field(discriminator="recipe")]
-_RUN_ADAPTER: TypeAdapter[Any] = TypeAdapter(RunConfig)
-
-
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], tags: tuple[str, ...]) -> str:
     loc = list(error["loc"])
-    if loc and loc[0] in RECIPE_NAMES:  # the discriminated union puts the recipe name first
+    if loc and loc[0] in tags:  # a discriminated union puts the tag (the recipe's name) first
         loc = loc[1:]
     field = ".".join(str(part) for part in loc) or "(top level)"
     kind = error["type"]
@@ -771,7 +423,7 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"field '{field}': required but missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return f"field 'recipe': expected one of the recipes: {', '.join(RECIPE_NAMES)}"
+        return f"field 'recipe': expected one of the recipes: {', '.join(tags)}"
     got = error.get("input")
     got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
     return f"field '{field}': {error['msg'].removeprefix('Value error, ')}{got_text}"
@@ -787,7 +439,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, raw: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def _read_yaml(path: Path, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def read_yaml(path: Path, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """The config file as a dict with `a.b=value` overrides (YAML values) applied."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -809,19 +461,18 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...
     return data
 
 
-def _validate(path: Path, adapter: TypeAdapter[Any], data: dict[str, Any]) -> Any:
+def validate(path: Path, adapter: TypeAdapter[Any], data: dict[str, Any], tags: tuple[str, ...] = ()) -> Any:
+    """`data` validated, or a ConfigError naming `path`, each field and what it expects; `tags`: the
+    discriminator values of a union (left out of the field paths)."""
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
+        lines = [_describe(e, tags) for e in exc.errors()]
         raise ConfigError(f"{path}: " + "; ".join(lines)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CondorRun | SynpoRun | ISheepRun | RefedRun:
-    """Parse and validate a run config; `overrides` are `a.b=value` strings (YAML values)."""
-    path = Path(path)
-    data = _read_yaml(path, overrides)
-    # Relative input-file paths inside a config are relative to the config file.
+def relative_to_config(path: Path, data: dict[str, Any], input_files: list[tuple[str, str]]) -> dict[str, Any]:
+    """`data` with the relative input-file paths at (section, key) made relative to the config file."""
     def near_config(value: Any) -> Any:
         if isinstance(value, list):
             return [near_config(v) for v in value]
@@ -829,16 +480,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             return str(path.parent / value)
         return value
 
-    for section, key in INPUT_FILES:
+    for section, key in input_files:
         if isinstance(data.get(section), dict) and data[section].get(key) is not None:
             data[section][key] = near_config(data[section][key])
-    return _validate(path, _RUN_ADAPTER, data)
-
-
-def saved_run_config(run_dir: Path) -> dict[str, Any]:
-    """The config a run was started with (`raysynth run` saves it as RUN_DIR/config.yaml); {} if none."""
-    path = Path(run_dir) / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return data
 
 
 def load_serve_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ServeConfig:
@@ -846,16 +491,16 @@ def load_serve_config(path: str | Path | None, overrides: list[str] | tuple[str,
     if path is None:
         return load_section(ServeConfig, {}, overrides, "raysynth serve")
     path = Path(path)
-    return _validate(path, TypeAdapter(ServeConfig), _read_yaml(path, overrides))
+    return validate(path, TypeAdapter(ServeConfig), read_yaml(path, overrides))
 
 
 def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainJob:
     """A `raysynth train` config; like run_dir, `data` and `out_dir` are relative to the working dir."""
     path = Path(path)
-    return _validate(path, TypeAdapter(TrainJob), _read_yaml(path, overrides))
+    return validate(path, TypeAdapter(TrainJob), read_yaml(path, overrides))
 
 
 def load_section(model: type[BaseModel], data: dict[str, Any], overrides: list[str] | tuple[str, ...],
                  source: str) -> Any:
     """One config section from a dict plus `a.b=value` overrides (e.g. `raysynth eval --set`)."""
-    return _validate(Path(source), TypeAdapter(model), _apply_overrides(dict(data), overrides))
+    return validate(Path(source), TypeAdapter(model), _apply_overrides(dict(data), overrides))

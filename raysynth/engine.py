@@ -20,7 +20,7 @@ import pandas as pd
 
 from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.faults import MachineryFailure
-from raysynth.store import stable_hash
+from raysynth.hashing import stable_hash
 
 log = logging.getLogger(__name__)
 

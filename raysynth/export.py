@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysynth.store import StageDir, atomic_write_json, atomic_write_parquet, stable_hash
+from raysynth.hashing import stable_hash
+from raysynth.store import StageDir, atomic_write_json, atomic_write_parquet
 
 SFT_SCHEMA = pa.schema([
     ("id", pa.string()),

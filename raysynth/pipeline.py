@@ -32,8 +32,9 @@ from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.engine import actor_runtime_env
 from raysynth.engine_pool import wait_until_ready
 from raysynth.faults import MachineryFailure, StageFailed, root_message
+from raysynth.hashing import id_hashes, row_id, stable_hash
 from raysynth.steps import LLMStep, Rejection
-from raysynth.store import LINEAGE, RunDir, StageDir, id_hashes, row_id, stable_hash
+from raysynth.store import LINEAGE, RunDir, StageDir
 
 # Templating, forwarding to an engine, parsing: a fraction of a CPU each, so they never wait
 # behind the engines' reserved CPUs.

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from raysynth.config import PromotionConfig, RunHeader
+from raysynth.hashing import stable_hash
 from raysynth.registry import record_decision, register_model
-from raysynth.store import RunDir, stable_hash
+from raysynth.store import RunDir
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,10 @@ matplotlib.use("Agg")  # no display: render to PNG
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from raysynth.config import saved_run_config  # noqa: E402
+from raysynth.recipes import RECIPES  # noqa: E402
 from raysynth.registry import Registry, read_registry  # noqa: E402
 from raysynth.status import stage_rows, stage_state  # noqa: E402
-from raysynth.store import ITERATION_SUMMARY, RunDir, StageDir  # noqa: E402
-
-# Per recipe, the stages whose rows a person compares side by side: (before stage, after stage
-# prefix, prompt column, before text column, after text column). The after row is traced to its
-# before row by parent ids.
-SIDE_BY_SIDE = {"condor": ("answer", "refine-", "question", "answer", "answer"),
-                "synpo": ("answer", "improve", "prompt", "response", "improved"),
-                "refed": ("answer", "improve", "instruction", "response", "improved")}
+from raysynth.store import IDENTITY, ITERATION_SUMMARY, RunDir, StageDir, saved_run_config  # noqa: E402
 
 
 def _png(fig) -> str:
@@ -171,27 +164,27 @@ def plot_training(runs: list[tuple[str, dict[str, Any]]]) -> str:
 
 def side_by_side(run: RunDir, recipe: str, limit: int = 8) -> list[dict[str, Any]]:
     """Sample rows of the after stage with the row they came from in the before stage."""
-    if recipe not in SIDE_BY_SIDE:
+    shown = RECIPES[recipe].side_by_side if recipe in RECIPES else None
+    if shown is None:
         return []
-    before_name, after_prefix, prompt_col, before_col, after_col = SIDE_BY_SIDE[recipe]
     pairs: list[dict[str, Any]] = []
     for iteration_dir in sorted(run.path.glob("iter-*")):
-        stages = [StageDir(d) for d in iteration_dir.iterdir() if (d / "_identity.json").exists()]
-        before = [s for s in stages if s.name.rsplit("-", 1)[0] == before_name]
-        after = sorted((s for s in stages if s.name.startswith(after_prefix)), key=lambda s: s.name)
+        stages = [StageDir(d) for d in iteration_dir.iterdir() if (d / IDENTITY).exists()]
+        before = [s for s in stages if s.name.rsplit("-", 1)[0] == shown.before_stage]
+        after = sorted((s for s in stages if s.name.startswith(shown.after_prefix)), key=lambda s: s.name)
         if not before or not after:
             continue
         parents: dict[str, str] = {}
         for stage in stages:
             parents.update(dict(stage.read(["id", "parent_id"]).values.tolist()))
-        originals = before[0].read(["id", before_col]).set_index("id")[before_col].to_dict()
+        originals = before[0].read(["id", shown.before_column]).set_index("id")[shown.before_column].to_dict()
         for row in after[-1].read().head(limit).to_dict("records"):
             node = row["id"]
             while node in parents and node not in originals:
                 node = parents[node]
             if node in originals:
-                pairs.append({"iteration": iteration_dir.name, "prompt": row.get(prompt_col, ""),
-                              "before": originals[node], "after": row[after_col]})
+                pairs.append({"iteration": iteration_dir.name, "prompt": row.get(shown.prompt_column, ""),
+                              "before": originals[node], "after": row[shown.after_column]})
     return pairs
 
 

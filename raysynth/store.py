@@ -17,7 +17,6 @@ uncommitted and redone by the next run; `raysynth status --verify` re-hashes eve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -30,9 +29,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from raysynth.engine_pool import EnginePool
+from raysynth.hashing import digest, id_hashes, stable_hash
 
+RUN_CONFIG = "config.yaml"  # the config a run was started with (`raysynth run` saves it)
+IDENTITY = "_identity.json"
 MANIFEST = "_stage.json"
 DONE = "_done"
 TIMES = "_time.json"
@@ -40,23 +43,10 @@ ITERATION_SUMMARY = "iteration.json"
 LINEAGE = ["id", "parent_id", "recipe", "iteration", "stage", "model", "template", "template_hash"]
 
 
-def stable_hash(obj: Any, length: int = 10) -> str:
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
-
-
-def row_id(parent_id: str, stage: str, index: int) -> str:
-    """Stable id of the `index`-th row a stage makes from `parent_id`."""
-    return hashlib.sha256(f"{parent_id}/{stage}/{index}".encode()).hexdigest()[:16]
-
-
-def id_hash(row_id: str) -> int:
-    """A stable 64-bit hash of a row id (the same in every process)."""
-    return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little")
-
-
-def id_hashes(ids: Iterable[str]) -> np.ndarray:
-    return np.fromiter((id_hash(i) for i in ids), dtype=np.uint64)
+def saved_run_config(run_dir: Path) -> dict[str, Any]:
+    """The config a run was started with; {} if none."""
+    path = Path(run_dir) / RUN_CONFIG
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -74,21 +64,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
-def digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
 def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str).encode())
 
 
-def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> dict[str, Any]:
+def atomic_write_parquet(path: Path, frame: pd.DataFrame | pa.Table) -> dict[str, Any]:
     """Write `frame` durably; returns what a marker records of the file: rows, bytes, checksum."""
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     buffer = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    pq.write_table(table, buffer)
     data = buffer.getvalue().to_pybytes()
     atomic_write_bytes(path, data)
-    return {"rows": len(frame), "bytes": len(data), "blake2b": digest(data)}
+    return {"rows": table.num_rows, "bytes": len(data), "blake2b": digest(data)}
 
 
 def file_problem(path: Path, recorded: dict[str, Any], deep: bool) -> str | None:
@@ -147,8 +134,8 @@ class StageDir:
         """Create the directory and remove leftovers of interrupted batches."""
         (self.path / DONE).mkdir(parents=True, exist_ok=True)
         (self.path / "rejected").mkdir(exist_ok=True)
-        if not (self.path / "_identity.json").exists():
-            atomic_write_json(self.path / "_identity.json", {"identity": identity, "created": time.time()})
+        if not (self.path / IDENTITY).exists():
+            atomic_write_json(self.path / IDENTITY, {"identity": identity, "created": time.time()})
         (self.path / "_error.txt").unlink(missing_ok=True)  # the last failure's traceback: this run retries it
         done = {p.stem for p in (self.path / DONE).glob("*.json")}
         for pattern in ("part-*.parquet", "rejected/part-*.parquet", ".*.tmp-*", "rejected/.*.tmp-*",
@@ -303,6 +290,13 @@ class RunDir:
         # "stop" or "continue"; recipes pass their config's (default stop), stages driven directly go on
         self.on_empty = on_empty
 
+    def skip_iteration(self, step: dict[str, Any], why: str, stays: str) -> None:
+        """An iteration with nothing to train on: its summary says why, then the run stops (or goes on,
+        on_empty: continue) saying what stays as it was."""
+        step["skipped"] = why
+        self.write_iteration_summary(step)
+        self.nothing_kept(f"iteration {step['iteration']}: {why}; {stays}")
+
     def nothing_kept(self, what: str) -> None:
         """Stop the run (NothingKept) or, with on_empty: continue, say so and go on."""
         if self.on_empty == "stop":
@@ -339,8 +333,8 @@ class RunDir:
 
     def stages(self) -> list[StageDir]:
         """Every stage directory of the run, oldest first."""
-        dirs = [d for d in self.path.glob("iter-*/*") if (d / "_identity.json").exists()]
+        dirs = [d for d in self.path.glob("iter-*/*") if (d / IDENTITY).exists()]
         def created(d: Path) -> tuple[str, float]:
-            return d.parent.name, json.loads((d / "_identity.json").read_text())["created"]
+            return d.parent.name, json.loads((d / IDENTITY).read_text())["created"]
 
         return [StageDir(d) for d in sorted(dirs, key=created)]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from raysynth.config import ConfigError, load_config
+from raysynth.config import ConfigError
+from raysynth.recipes import load_config
 
 GOOD = "recipe: condor\nrun_dir: {run}\ncondor:\n  max_tags: 2\n"
 
@@ -84,7 +85,8 @@ def test_eval_serve_swap_errors_are_one_line_exit_2(tmp_path: Path, args, expect
 
 def test_partial_section_keeps_the_fields_defaults():
     """Overriding one key of a section keeps the section's own defaults for the others."""
-    from raysynth.config import CondorRun, EvalConfig, load_section
+    from raysynth.config import EvalConfig, load_section
+    from raysynth.recipes.condor.config import CondorRun
 
     cfg = load_section(EvalConfig, {"generation": {"max_tokens": 48}}, [], "test")
     assert cfg.generation.max_tokens == 48 and cfg.generation.temperature == 0.0 and not cfg.generation.structured

@@ -5,15 +5,16 @@ missing columns of an empty table. No engine starts: there is nothing to generat
 import pandas as pd
 import pytest
 
-from raysynth.config import SELF_INSTRUCT_FILTER, EngineConfig, ISheepConfig, ScorerConfig
+from raysynth.config import EngineConfig, ScorerConfig
 from raysynth.pipeline import Lineage, run_decision_stage, run_llm_stage, write_source_stage
-from raysynth.recipes.refed import synthesis_requests
-from raysynth.recipes.synpo import best_worst
+from raysynth.recipes.isheep.config import SELF_INSTRUCT_FILTER, ISheepConfig
+from raysynth.recipes.isheep.steps import isheep_steps
+from raysynth.recipes.refed.recipe import synthesis_requests
+from raysynth.recipes.synpo.recipe import best_worst
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import run_pair_scores
-from raysynth.steps.isheep import isheep_steps
-from raysynth.steps.judge import combine_pairwise
 from raysynth.status import stage_rows, stage_state
+from raysynth.steps.judge import combine_pairwise
 from raysynth.store import NothingKept, RunDir
 
 LINEAGE = Lineage("test", 1, "smollm2-135m")

@@ -1,11 +1,16 @@
-"""The engine's prompt formats: the model's chat template, or plain Alpaca-style text for base models
-without one (pure functions on the embedded model's tokenizer), and a stage generating in each."""
+"""The engine's helpers (prompt formats: the model's chat template, or plain Alpaca-style text for base
+models without one; dtype, engine arguments and thread binding, sampling parameters, batch seeds) as
+pure functions, and a stage generating in each prompt format."""
 
+import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from raysynth.engine import ALPACA_PREAMBLE, chat_token_ids, plain_prompt
+from raysynth.config import EngineConfig, SamplingConfig
+from raysynth.engine import (ALPACA_PREAMBLE, actor_runtime_env, batch_seed, chat_token_ids, choose_dtype,
+                             engine_kwargs, plain_prompt, request_params, sampling_params)
 from raysynth.models import resolve_model
 
 MESSAGES = [{"role": "user", "content": "Name a fruit."}]
@@ -27,6 +32,47 @@ def test_chat_token_ids_in_both_formats():
     plain = tokenizer.decode(chat_token_ids(tokenizer, MESSAGES, "plain"))
     assert "<|im_start|>user" in chat and chat.rstrip().endswith("assistant")
     assert "<|im_start|>" not in plain and plain.endswith("### Instruction:\nName a fruit.\n\n### Response:\n")
+
+
+def test_dtype_follows_the_hardware_unless_set():
+    assert choose_dtype(EngineConfig(dtype="float16"), on_gpu=False) == "float16"
+    assert choose_dtype(EngineConfig(), on_gpu=True) == "bfloat16"
+    # On a CPU without native bf16 (AVX2 only) emulated bf16 ran 10x slower than float32.
+    native = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    assert choose_dtype(EngineConfig(), on_gpu=False) == ("bfloat16" if native else "float32")
+
+
+def test_engine_arguments_and_the_cpu_thread_binding(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as Ray starts an actor with num_cpus 1
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    kwargs = engine_kwargs(EngineConfig(max_model_len=1024), "/models/x", seed=3)
+    cores = sorted(os.sched_getaffinity(0))
+    assert (kwargs["model"], kwargs["max_model_len"], kwargs["seed"]) == ("/models/x", 1024, 3)
+    assert kwargs["gpu_memory_utilization"] == 0.3 and "distributed_executor_backend" not in kwargs
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
+    assert os.environ["OMP_NUM_THREADS"] == str(len(cores))
+    assert actor_runtime_env(EngineConfig()) == {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(len(cores))}}}
+    assert actor_runtime_env(EngineConfig(num_gpus=1)) == {}
+    gpu = engine_kwargs(EngineConfig(num_gpus=1), "/models/x", seed=0)
+    assert gpu["dtype"] == "bfloat16" and gpu["gpu_memory_utilization"] == 0.9
+
+
+def test_sampling_parameters_carry_the_step_and_its_format():
+    free = sampling_params(SamplingConfig(temperature=0.3, max_tokens=17, n=2, structured=False), regex="a+")
+    assert (free.temperature, free.max_tokens, free.n, free.structured_outputs) == (0.3, 17, 2, None)
+    guarded = sampling_params(SamplingConfig(), regex="a+")
+    assert guarded.structured_outputs.regex == "a+"
+    schema = {"type": "object"}
+    assert sampling_params(SamplingConfig(), json_schema=schema).structured_outputs.json == schema
+    stream = request_params(0.0, 1.0, 8, 1, ["\n"], stream=True)
+    assert stream.output_kind.name == "DELTA" and stream.stop == ["\n"]
+    assert request_params(0.0, 1.0, 8, 1, None, stream=False).output_kind.name == "FINAL_ONLY"
+
+
+def test_a_batch_seed_depends_on_its_rows_not_their_order():
+    batch = pd.DataFrame({"id": ["a", "b"]})
+    assert batch_seed(0, batch) == batch_seed(0, batch.iloc[::-1]) != batch_seed(1, batch)
+    assert batch_seed(0, batch) != batch_seed(0, pd.DataFrame({"id": ["a", "c"]}))
 
 
 @pytest.mark.slow
@@ -59,9 +105,10 @@ def test_unguarded_patterns_compile_and_generate(local_ray, tmp_path: Path):
     """Condor's marker-only patterns (`small_model_guards: false`: long alternations spelling "any text
     but the end marker") compile in vLLM's structured-output backend and generate: a row may be
     rejected for its own reply, never for the grammar or the engine."""
-    from raysynth.config import CondorConfig, EngineConfig
+    from raysynth.config import EngineConfig
     from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
-    from raysynth.steps.condor import condor_steps
+    from raysynth.recipes.condor.config import CondorConfig
+    from raysynth.recipes.condor.steps import condor_steps
     from raysynth.store import RunDir
 
     short = {"max_tokens": 96, "temperature": 0}
@@ -85,9 +132,10 @@ def test_unguarded_patterns_compile_and_generate(local_ray, tmp_path: Path):
 def test_condor_tree_is_built_by_the_model_in_two_languages(local_ray, tmp_path: Path):
     """The paper's LLM-built tree on the real engine: given roots, one level of sub-topics listed by the
     model per node and language; the tree holds each root's topics and each root's language."""
-    from raysynth.config import EngineConfig, TagTreeConfig
+    from raysynth.config import EngineConfig
     from raysynth.pipeline import Lineage
-    from raysynth.recipes.condor import build_tag_tree, leaf_tags
+    from raysynth.recipes.condor.config import TagTreeConfig
+    from raysynth.recipes.condor.recipe import build_tag_tree, leaf_tags
     from raysynth.store import RunDir
 
     cfg = TagTreeConfig(roots=["Mathematics"], children=2, depth=1, languages=["English", "Chinese"],

@@ -14,8 +14,8 @@ import ray
 
 from conftest import kept_and_rejected
 from raysynth.config import EngineConfig, SamplingConfig, ScorerConfig
-from raysynth.models import resolve_model
 from raysynth.engine_pool import EnginePool
+from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.score.stage import run_score_stage
 from raysynth.steps.eval import respond_step
@@ -137,8 +137,8 @@ def test_a_killed_scorer_actor_is_restarted_and_its_batch_redone(local_ray, tmp_
 
 KEYWORD_DRIVER = """
 import sys
-from raysynth.config import KeywordConfig
-from raysynth.keywords import run_keyword_pool, run_keyword_sample
+from raysynth.recipes.synpo.config import KeywordConfig
+from raysynth.recipes.synpo.keywords import run_keyword_pool, run_keyword_sample
 from raysynth.pipeline import Lineage, init_ray
 from raysynth.store import RunDir
 

@@ -7,10 +7,12 @@ same replies are refused by the patterns: the guards are for the 135M model."""
 import json
 import re
 
-from raysynth.config import CondorConfig, ISheepConfig, RefedConfig
-from raysynth.steps.condor import condor_steps, parse_critique, parse_questions, parse_refine
-from raysynth.steps.isheep import isheep_steps, parse_generated
-from raysynth.steps.refed import parse_generated_instructions, parse_response_feedback, refed_steps
+from raysynth.recipes.condor.config import CondorConfig
+from raysynth.recipes.condor.steps import condor_steps, parse_critique, parse_questions, parse_refine
+from raysynth.recipes.isheep.config import ISheepConfig
+from raysynth.recipes.isheep.steps import isheep_steps, parse_generated
+from raysynth.recipes.refed.config import RefedConfig
+from raysynth.recipes.refed.steps import parse_generated_instructions, parse_response_feedback, refed_steps
 
 QUESTIONS = """[Easy][Question Start]阅读下面的材料并回答问题：
 "光合作用把光能转化为化学能。"

@@ -28,12 +28,16 @@ def test_markers_that_repeat_their_first_character_are_refused():
 
 
 def every_step() -> list[tuple[str, object]]:
-    from raysynth.config import CondorConfig, ISheepConfig, JudgeConfig, RefedConfig, SynpoConfig
-    from raysynth.steps.condor import condor_steps
-    from raysynth.steps.isheep import isheep_steps
+    from raysynth.config import JudgeConfig
+    from raysynth.recipes.condor.config import CondorConfig
+    from raysynth.recipes.condor.steps import condor_steps
+    from raysynth.recipes.isheep.config import ISheepConfig
+    from raysynth.recipes.isheep.steps import isheep_steps
+    from raysynth.recipes.refed.config import RefedConfig
+    from raysynth.recipes.refed.steps import refed_steps
+    from raysynth.recipes.synpo.config import SynpoConfig
+    from raysynth.recipes.synpo.steps import synpo_steps
     from raysynth.steps.judge import judge_steps
-    from raysynth.steps.refed import refed_steps
-    from raysynth.steps.synpo import synpo_steps
 
     steps = [(f"condor guards={g}/{k}", s) for g in (True, False) for k, s in
              condor_steps(CondorConfig(small_model_guards=g, grow_tags=3)).items()]

@@ -15,9 +15,9 @@ import httpx
 import openai
 import pandas as pd
 import pytest
+from flaky_server import FlakyProxy
 
 from conftest import kept_and_rejected, run_raysynth
-from flaky_server import FlakyProxy
 from raysynth.registry import read_registry
 from tiny_models import build_shifted_head_copy
 
@@ -399,8 +399,8 @@ def test_a_worse_candidate_is_rejected_while_the_champion_serves(server, tmp_pat
     evaluated against the champion it-0 on the same prompts, judged by the frozen champion, and
     rejected. The server answers from it-0 throughout, and `raysynth models list` shows the rejection
     and its reason."""
-    from raysynth.config import ISheepRun
     from raysynth.promotion import Contender, challenge
+    from raysynth.recipes.isheep.config import ISheepRun
     from raysynth.store import RunDir
 
     run_dir, base = server["run_dir"], str(server["base"])

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from raysynth.config import load_config, load_serve_config, load_train_config
+from raysynth.config import load_serve_config, load_train_config
+from raysynth.recipes import load_config
 
 RUN_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "train-sft-small.yaml")
 JOBS = sorted(p for p in (REPO / "jobs").glob("*.yaml") if p.name != "serve.yaml")

@@ -1,10 +1,13 @@
-"""Stage store: atomic batches, leftovers removed on resume, identity hashes, stats."""
+"""Stage store: atomic batches, leftovers removed on resume, identity hashes (pinned), stats, atomic files."""
 
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
-from raysynth.store import RunDir, row_id
+from raysynth.hashing import row_id, sha256_hex, stable_hash
+from raysynth.steps import text_hash
+from raysynth.store import IDENTITY, RUN_CONFIG, RunDir, atomic_write_parquet, file_problem, saved_run_config
 
 
 def test_commit_resume_and_leftovers(tmp_path):
@@ -43,8 +46,8 @@ def test_resume_filter_drops_exactly_the_committed_inputs(tmp_path):
 
     import pyarrow as pa
 
+    from raysynth.hashing import id_hashes
     from raysynth.pipeline import NotCommitted
-    from raysynth.store import id_hashes
 
     stage = RunDir(tmp_path).stage(0, "s", {})
     stage.prepare({})
@@ -106,3 +109,39 @@ def test_a_resume_uncommits_a_damaged_batch_of_a_partial_stage(tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:-10])
     assert len(stage.done_hashes()) == 1
     assert not damaged.exists() and len(stage.part_files()) == 1 and len(list(stage.markers())) == 1
+
+
+def test_names_and_ids_are_pinned():
+    # Every stage directory, row id and template hash of an existing run is derived from these: a
+    # change here would make every run recompute from scratch (the values are those of release 0.1).
+    assert stable_hash({"step": "answer", "n": [1, 2]}) == "9cbe14b594"
+    assert stable_hash({"b": 1, "a": 2}, 16) == stable_hash({"a": 2, "b": 1}, 16) == "21501dbaf73f5223"
+    assert row_id("p0", "answer", 3) == "37fc0e9502d2afcc"
+    assert text_hash("Answer: {q}") == "c7aff7c612b8"
+    assert sha256_hex(b"x", 8) == sha256_hex("x", 8)
+
+
+def test_atomic_parquet_takes_frames_and_tables_and_leaves_no_temporary(tmp_path: Path):
+    frame = pd.DataFrame({"id": ["a", "b"], "messages": [[{"role": "user", "content": "hi"}]] * 2})
+    record = atomic_write_parquet(tmp_path / "f.parquet", frame)
+    table_record = atomic_write_parquet(tmp_path / "t.parquet", pa.Table.from_pandas(frame, preserve_index=False))
+    assert record == table_record and record["rows"] == 2
+    assert file_problem(tmp_path / "f.parquet", record, deep=True) is None
+    assert pd.read_parquet(tmp_path / "t.parquet")["id"].tolist() == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.parquet", "t.parquet"]
+
+
+def test_saved_run_config_is_empty_without_one(tmp_path: Path):
+    assert saved_run_config(tmp_path) == {}
+    (tmp_path / RUN_CONFIG).write_text("recipe: condor\nengine: {batch_size: 8}\n")
+    assert saved_run_config(tmp_path) == {"recipe": "condor", "engine": {"batch_size": 8}}
+
+
+def test_stages_are_listed_by_iteration_then_creation(tmp_path: Path):
+    run = RunDir(tmp_path)
+    made = [run.stage(1, "answer", {"a": 1}), run.stage(0, "prompts", {"a": 1}), run.stage(0, "answer", {"a": 2})]
+    for stage in made:
+        stage.prepare({"a": 1})
+    (tmp_path / "iter-00" / "not-a-stage").mkdir()  # no identity file: not listed
+    assert [s.path for s in run.stages()] == [made[1].path, made[2].path, made[0].path]
+    assert all((s.path / IDENTITY).is_file() for s in made)

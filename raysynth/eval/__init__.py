@@ -23,13 +23,14 @@ from raysynth.config import EngineConfig, EvalConfig, ScorerConfig
 from raysynth.eval.diversity import diversity
 from raysynth.eval.ifeval import check_response, load_ifeval
 from raysynth.eval.stats import difference, rate, ratio
+from raysynth.hashing import stable_hash
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.score.stage import run_score_stage
 from raysynth.shipped import read_jsonl
 from raysynth.steps.eval import respond_step
 from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
-from raysynth.store import RunDir, atomic_write_json, stable_hash
+from raysynth.store import RunDir, atomic_write_json
 
 # Win rate counts a tie as half a win (AlpacaEval's convention).
 OUTCOME_VALUE = {"a": 1.0, "tie": 0.5, "b": 0.0}

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from raysynth.config import FilterConfig
+from raysynth.hashing import stable_hash
 from raysynth.pipeline import Lineage, run_decision_stage
 from raysynth.score.filters import (blocklist_reason, format_reason, length_reason, near_duplicate_reasons,
                                     prefix_reason, rouge_novelty_reasons, start_reason, word_count_reason)
-from raysynth.store import RunDir, StageDir, stable_hash
+from raysynth.store import RunDir, StageDir
 
 
 def filter_reasons(texts: list[str], cfg: FilterConfig, reference: Iterable[str] = ()) -> list[str | None]:

@@ -6,14 +6,15 @@ unit-tested on fixed strings; the engine and the stage runner do the rest.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from raysynth.config import SamplingConfig
+from raysynth.hashing import sha256_hex
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# The shared steps' prompts (judge, eval); each paper's are in its folder, raysynth/recipes/<paper>/prompts.
+SHARED_PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
 Messages = list[dict[str, str]]
 
 
@@ -25,18 +26,19 @@ class Rejection(Exception):
         self.reason = reason
 
 
-def load_template(recipe: str, name: str) -> str:
-    return (PACKAGE_DIR / "prompts" / recipe / f"{name}.txt").read_text()
+def load_template(prompts_dir: Path, name: str) -> str:
+    return (prompts_dir / f"{name}.txt").read_text()
 
 
 def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return sha256_hex(text, 12)
 
 
 @dataclass(frozen=True)
 class LLMStep:
     name: str
-    recipe: str
+    recipe: str  # with template_name, the `template` lineage column (e.g. condor/question)
+    prompts_dir: Path
     template_name: str
     build: Callable[[dict[str, Any], str], Messages]
     parse: Callable[[str, dict[str, Any]], list[dict[str, Any]]]
@@ -49,7 +51,7 @@ class LLMStep:
 
     @property
     def template(self) -> str:
-        return load_template(self.recipe, self.template_name)
+        return load_template(self.prompts_dir, self.template_name)
 
     @property
     def template_hash(self) -> str:

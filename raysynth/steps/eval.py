@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from raysynth.config import SamplingConfig
-from raysynth.steps import LLMStep, Messages
+from raysynth.steps import SHARED_PROMPTS, LLMStep, Messages
 
 RECIPE = "eval"
+PROMPTS = SHARED_PROMPTS / RECIPE
 
 
 def build_respond(row: dict[str, Any], template: str) -> Messages:
@@ -20,4 +21,4 @@ def parse_respond(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def respond_step(sampling: SamplingConfig) -> LLMStep:
-    return LLMStep("eval-respond", RECIPE, "respond", build_respond, parse_respond, sampling)
+    return LLMStep("eval-respond", RECIPE, PROMPTS, "respond", build_respond, parse_respond, sampling)

@@ -17,9 +17,10 @@ from typing import Any
 import pandas as pd
 
 from raysynth.config import JudgeConfig
-from raysynth.steps import LLMStep, Messages, Rejection
+from raysynth.steps import SHARED_PROMPTS, LLMStep, Messages, Rejection
 
 RECIPE = "judge"
+PROMPTS = SHARED_PROMPTS / RECIPE
 _SCORE_PATTERNS = [
     re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
     re.compile(r"(?:score|rating)\s*(?:is|of)?\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE),
@@ -109,8 +110,8 @@ def combine_pairwise(verdicts: pd.DataFrame) -> pd.DataFrame:
 def judge_steps(cfg: JudgeConfig) -> dict[str, LLMStep]:
     chars = cfg.max_explanation_chars
     return {
-        "pointwise": LLMStep("judge-pointwise", RECIPE, "pointwise", build_pointwise, parse_pointwise,
+        "pointwise": LLMStep("judge-pointwise", RECIPE, PROMPTS, "pointwise", build_pointwise, parse_pointwise,
                              cfg.pointwise, regex=pointwise_regex(chars), params={"chars": chars}),
-        "pairwise": LLMStep("judge-pairwise", RECIPE, "pairwise", build_pairwise, parse_pairwise,
+        "pairwise": LLMStep("judge-pairwise", RECIPE, PROMPTS, "pairwise", build_pairwise, parse_pairwise,
                             cfg.pairwise, regex=pairwise_regex(chars), params={"chars": chars}),
     }

@@ -22,7 +22,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from raysynth.config import TrainConfig
-from raysynth.store import atomic_write_json, stable_hash
+from raysynth.hashing import stable_hash
+from raysynth.store import atomic_write_json
 from raysynth.train.data import check_columns, data_files
 from raysynth.train.worker import METRICS_FILE, PROGRESS_FILE, train_loop_per_worker
 

@@ -17,7 +17,6 @@ costs a list, never quality.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import random
 import re
@@ -26,9 +25,10 @@ from typing import Any
 
 import pandas as pd
 
-from raysynth.config import KeywordConfig
+from raysynth.hashing import row_id, sha256_hex
 from raysynth.pipeline import Lineage, run_read_stage, run_stage
-from raysynth.store import RunDir, StageDir, row_id
+from raysynth.recipes.synpo.config import KeywordConfig
+from raysynth.store import RunDir, StageDir
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 
@@ -85,13 +85,12 @@ def pick_keywords(found: list[str], count: int, key: str, seed: int) -> list[str
 
 
 def text_id(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return sha256_hex(text, 16)
 
 
 def unit_hash(*parts: Any) -> float:
     """A number in [0, 1) fixed by `parts`: deterministic sampling that survives re-runs."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return int(sha256_hex(":".join(map(str, parts)), 16), 16) / 2**64
 
 
 def in_band(row_id: str, seed: int, iteration: int, fraction: float) -> bool:

@@ -24,17 +24,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raysynth.config import RefedRun
 from raysynth.eval import evaluate
 from raysynth.export import export_sft
+from raysynth.hashing import stable_hash
 from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.promotion import Ladder, first_champion
+from raysynth.recipes.refed.config import RefedRun
+from raysynth.recipes.refed.steps import refed_steps
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import run_pair_scores
 from raysynth.shipped import seed_pairs
-from raysynth.steps.refed import refed_steps
-from raysynth.store import RunDir, StageDir, stable_hash
+from raysynth.store import RunDir, StageDir
 from raysynth.train import train_model
 
 RECIPE = "refed"
@@ -138,9 +139,7 @@ def train_and_evaluate(cfg: RefedRun, run_dir: RunDir, export: dict[str, Any], s
     student before training, the first champion (`texts`: the instructions it learnt from, for the
     diversity figures)."""
     if cfg.train is not None and not export["rows"]:
-        step["skipped"] = "no sample was kept to train on"
-        run_dir.write_iteration_summary(step)
-        run_dir.nothing_kept(f"iteration 1: {step['skipped']}; the model stays {student}")
+        run_dir.skip_iteration(step, "no sample was kept to train on", f"the model stays {student}")
     run_dir.write_iteration_summary(step)
     summary = {**export, "iterations": [step]}
     if cfg.train is not None and export["rows"]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, run_raysynth
+from conftest import (assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed,
+                      run_raysynth)
 from raysynth.registry import read_registry
 from raysynth.store import RunDir
 from tiny_models import build_tiny_pairrm
@@ -155,10 +156,11 @@ def test_the_seed_only_baseline_trains_on_the_references_alone(tmp_path):
 
 def test_sample_level_feedback_runs_on_each_answer(local_ray, tmp_path):
     """The ablation's own step: response feedback written on a generated (instruction, response)."""
-    from raysynth.config import RefedConfig, EngineConfig
+    from raysynth.config import EngineConfig
     from raysynth.models import engine_for
     from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
-    from raysynth.steps.refed import refed_steps
+    from raysynth.recipes.refed.config import RefedConfig
+    from raysynth.recipes.refed.steps import refed_steps
 
     run, lineage = RunDir(tmp_path / "run"), Lineage("refed", 1, "smollm2-135m")
     answers = write_source_stage(run, 1, "answer", [{"instruction": "Name a fruit.", "response": "Apple."},

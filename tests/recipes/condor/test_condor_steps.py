@@ -4,11 +4,11 @@ import re
 
 import pytest
 
-from raysynth.config import CondorConfig
-from raysynth.recipes.condor import example_questions, leaf_tags, load_tag_tree, tag_task_rows
-from raysynth.steps import Rejection, load_template
-from raysynth.steps.condor import (condor_steps, critique_regex, parse_answer, parse_critique, parse_questions,
-                                   parse_refine, question_regex, refine_regex)
+from raysynth.recipes.condor.config import CondorConfig
+from raysynth.recipes.condor.recipe import example_questions, leaf_tags, load_tag_tree, tag_task_rows
+from raysynth.recipes.condor.steps import (condor_steps, critique_regex, parse_answer, parse_critique, parse_questions,
+                                           parse_refine, question_regex, refine_regex)
+from raysynth.steps import Rejection
 
 LEVELS = ["Easy", "Medium", "Hard"]
 GOOD_QUESTIONS = ("[Easy][Question Start]What is a prime number?[Question End]\n\n"
@@ -113,10 +113,10 @@ def test_build_uses_template_files():
     for step in steps.values():
         messages = step.build(row, step.template)
         assert messages[0]["role"] == "user" and messages[0]["content"].strip()
-    question = steps["question"].build(row, load_template("condor", "question"))[0]["content"]
+    question = steps["question"].build(row, steps["question"].template)[0]["content"]
     assert "prime numbers" in question and '"View": give an opinion' in question
     assert "- Plan a picnic for six.\n- Explain tides.\n" in question and "own new words" in question
-    without = steps["question"].build({**row, "examples": []}, load_template("condor", "question"))[0]["content"]
+    without = steps["question"].build({**row, "examples": []}, steps["question"].template)[0]["content"]
     assert "for inspiration" not in without and "Plan a picnic" not in without
 
 
@@ -135,8 +135,8 @@ def test_tag_tree_shape_and_sampling():
 
 
 def test_grow_tags_parse_and_merge():
-    from raysynth.recipes.condor import add_grown_tags, branch_rows, leaf_tags
-    from raysynth.steps.condor import grow_tags_regex, parse_grow_tags
+    from raysynth.recipes.condor.recipe import add_grown_tags, branch_rows, leaf_tags
+    from raysynth.recipes.condor.steps import grow_tags_regex, parse_grow_tags
 
     tree = {"Physics": {"Optics": ["lenses"], "Thermodynamics": ["entropy"]}}
     rows = branch_rows(tree)
@@ -153,8 +153,8 @@ def test_grow_tags_parse_and_merge():
 
 def test_tree_topics_prompt_parse_and_assembly():
     from raysynth.config import SamplingConfig
-    from raysynth.recipes.condor import tree_from_leaves
-    from raysynth.steps.condor import parse_tree_topics, tree_step
+    from raysynth.recipes.condor.recipe import tree_from_leaves
+    from raysynth.recipes.condor.steps import parse_tree_topics, tree_step
 
     step = tree_step("tree-level-1", 3, SamplingConfig())
     root = step.build({"path": [], "language": "Chinese"}, step.template)[0]["content"]

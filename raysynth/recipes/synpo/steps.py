@@ -4,7 +4,7 @@ policy's answer, and the response improver (prompt + answer -> improved answer).
 The generator and the improver are the initial model fine-tuned on these same templates (their SFT
 rows are built with `generator_message` / `improver_message`), so a template edit changes both the
 training data and the inference prompt. The paper's templates (its figures 3 and 7) are not in our
-copy of the text; ours are in raysynth/prompts/synpo/.
+copy of the text; ours are in raysynth/recipes/synpo/prompts/.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from raysynth.config import SynpoConfig
+from raysynth.recipes.synpo.config import SynpoConfig
 from raysynth.steps import LLMStep, Messages, Rejection, load_template
 from raysynth.steps.eval import respond_step
 
 RECIPE = "synpo"
+PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 _LEAD_IN = re.compile(r"^\s*(?:\*\*|#+\s*)?(?:request|prompt|instruction|user|improved response)\s*(?::\s*\**|\**\s*:)\s*",
                       re.IGNORECASE)
@@ -77,14 +79,14 @@ def parse_improved(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
 def synpo_steps(cfg: SynpoConfig) -> dict[str, LLMStep]:
     return {
         "generate_prompt": LLMStep(
-            "prompts", RECIPE, "generate_prompt", build_generate_prompt,
+            "prompts", RECIPE, PROMPTS, "generate_prompt", build_generate_prompt,
             lambda text, row: parse_generated_prompt(text, row, cfg.max_prompt_chars),
             cfg.steps.generate_prompt, params={"max_prompt_chars": cfg.max_prompt_chars}),
         # The policy answers a prompt as a user sent it: the evaluation's step under another name.
         "answer": replace(respond_step(cfg.steps.answer), name="answer"),
-        "improve": LLMStep("improve", RECIPE, "improve", build_improve, parse_improved, cfg.steps.improve),
+        "improve": LLMStep("improve", RECIPE, PROMPTS, "improve", build_improve, parse_improved, cfg.steps.improve),
     }
 
 
 def templates() -> dict[str, str]:
-    return {name: load_template(RECIPE, name) for name in ("generate_prompt", "improve")}
+    return {name: load_template(PROMPTS, name) for name in ("generate_prompt", "improve")}

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import (assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed,
+                      run_raysynth)
 from raysynth.models import resolve_model
 from raysynth.store import RunDir
-from conftest import assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, run_raysynth
 from tiny_models import build_tiny_pairrm
 
 pytestmark = pytest.mark.slow
@@ -129,9 +130,9 @@ def test_report_shows_prompts_pairs_loss_and_metrics(synpo_run):
 def test_sampling_ranking_pairs_best_and_worst_sample(local_ray, tmp_path):
     """The sampling-ranking baseline's stages on the real engine: n samples, each judged against
     sample 0 in both orders, best vs worst per prompt."""
-    from raysynth.config import SynpoRun
     from raysynth.pipeline import Lineage, write_source_stage
-    from raysynth.recipes.synpo import ranked_pairs
+    from raysynth.recipes.synpo.config import SynpoRun
+    from raysynth.recipes.synpo.recipe import ranked_pairs
 
     cfg = SynpoRun.model_validate({
         "recipe": "synpo", "run_dir": str(tmp_path / "run"), "engine": {"batch_size": 4},
@@ -158,10 +159,10 @@ def test_sampling_ranking_with_reward_model_scorers(local_ray, tmp_path, kind):
     formats): each of n samples is scored against sample 0, and the pair is the best and the worst
     sample, sample 0 included, checked against the scorer's own numbers computed apart from the
     stage: a reward model's scores, or PairRM's gaps against sample 0 (sample 0 itself at 0)."""
-    from raysynth.config import SynpoRun
     from raysynth.models import engine_for
     from raysynth.pipeline import Lineage, write_source_stage
-    from raysynth.recipes.synpo import ranked_pairs
+    from raysynth.recipes.synpo.config import SynpoRun
+    from raysynth.recipes.synpo.recipe import ranked_pairs
     from raysynth.score.pairrm import PairRM
     from raysynth.score.reward_model import SequenceRewardModel
     from tiny_models import build_tiny_pairrm, build_tiny_reward_model
@@ -197,10 +198,10 @@ def test_sampling_ranking_with_reward_model_scorers(local_ray, tmp_path, kind):
 def test_seed_po_pairs_the_gold_answer_against_the_policys(local_ray, tmp_path):
     """The seed_po baseline's stages on the real engine: the policy answers seed prompts; the judge
     compares the gold answer with it in both orders; (gold, answer) pairs are kept."""
-    from raysynth.config import SynpoRun
     from raysynth.models import engine_for
     from raysynth.pipeline import Lineage, write_source_stage
-    from raysynth.recipes.synpo import seed_preferences
+    from raysynth.recipes.synpo.config import SynpoRun
+    from raysynth.recipes.synpo.recipe import seed_preferences
     from raysynth.shipped import seed_pairs
 
     cfg = SynpoRun.model_validate({
@@ -226,9 +227,9 @@ def test_seed_po_pairs_the_gold_answer_against_the_policys(local_ray, tmp_path):
 
 def test_a_parquet_corpus_gives_the_pool_its_jsonl_copy_gives(local_ray, tmp_path):
     """Corpus files as Parquet (a directory of parts, another text column) or JSONL: the same lists."""
-    from raysynth.config import KeywordConfig
-    from raysynth.keywords import run_keyword_pool
     from raysynth.pipeline import Lineage
+    from raysynth.recipes.synpo.config import KeywordConfig
+    from raysynth.recipes.synpo.keywords import run_keyword_pool
     from raysynth.shipped import CORPUS, read_jsonl
 
     texts = [row["text"] for row in read_jsonl(CORPUS, 30)]
@@ -253,9 +254,9 @@ def test_beta_search_keeps_the_beta_that_ranks_held_out_seed_pairs_best(local_ra
     """`synpo.beta_search` on the real engine and Ray Train: the policy answers the held-out seed
     prompts, one SimPO run per beta is evaluated on (gold, answer) pairs, and the model of the beta
     with the highest held-out accuracy is the one returned, its search in the result."""
-    from raysynth.config import SynpoRun
     from raysynth.pipeline import Lineage, write_source_stage
-    from raysynth.recipes.synpo import train_policy
+    from raysynth.recipes.synpo.config import SynpoRun
+    from raysynth.recipes.synpo.recipe import train_policy
     from raysynth.shipped import seed_pairs
     from raysynth.train import training_summary
 

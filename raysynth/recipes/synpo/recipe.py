@@ -25,18 +25,20 @@ from typing import Any
 
 import pandas as pd
 
-from raysynth.config import EngineConfig, SynpoRun
+from raysynth.config import EngineConfig
 from raysynth.eval import evaluate
 from raysynth.export import export_preferences, export_sft, select_pairs
-from raysynth.keywords import candidates, run_keyword_pool, run_keyword_sample
+from raysynth.hashing import stable_hash
 from raysynth.models import engine_for, resolve_model
 from raysynth.pipeline import Lineage, finish_stage, open_stage, run_llm_stage, write_source_stage
 from raysynth.promotion import Ladder, first_champion
+from raysynth.recipes.synpo.config import SynpoRun
+from raysynth.recipes.synpo.keywords import candidates, run_keyword_pool, run_keyword_sample
+from raysynth.recipes.synpo.steps import generator_keywords, generator_message, improver_message, synpo_steps, templates
 from raysynth.score.filter_stage import run_filter_stage
 from raysynth.score.stage import filter_and_commit, run_pair_scores
 from raysynth.shipped import CORPUS, seed_pairs
-from raysynth.steps.synpo import generator_keywords, generator_message, improver_message, synpo_steps, templates
-from raysynth.store import RunDir, StageDir, atomic_write_parquet, stable_hash
+from raysynth.store import RunDir, StageDir, atomic_write_parquet
 from raysynth.train import train_model, training_summary
 
 RECIPE = "synpo"
@@ -123,9 +125,8 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
                                       user_text=lambda row: improver_message(str(row["prompt"]), str(row["response"]),
                                                                              text["improve"]))
             if not improver_sft["rows"]:
-                step["skipped"] = "the scorer passed no seed rows to train the improver on"
-                run_dir.write_iteration_summary(step)
-                run_dir.nothing_kept(f"iteration {t}: {step['skipped']}; the policy stays {policy}")
+                run_dir.skip_iteration(step, "the scorer passed no seed rows to train the improver on",
+                                       f"the policy stays {policy}")
                 continue
             improver = str(train_model(s.improver_train, Path(str(improver_sft["parquet"])), initial, initial_dir,
                                        run_dir.iteration_dir(t), cfg.engine.trust_remote_code,
@@ -144,9 +145,7 @@ def run(cfg: SynpoRun) -> dict[str, Any]:
         step["funnel"]["preference pairs accumulated"] = data["rows"]
         run_dir.write_iteration_summary(step)
         if not data["rows"]:
-            step["skipped"] = "no preference pairs were kept"
-            run_dir.write_iteration_summary(step)
-            run_dir.nothing_kept(f"iteration {t}: {step['skipped']}; the policy stays {policy}")
+            run_dir.skip_iteration(step, "no preference pairs were kept", f"the policy stays {policy}")
             continue
         model, searched = train_policy(run_dir, t, cfg, Path(data["parquet"]), policy, holdout)
         if searched:

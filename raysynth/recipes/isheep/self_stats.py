@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import ray
 
-from raysynth.config import DataFilterConfig
 from raysynth.faults import ACTOR_POOL_RETRIES
+from raysynth.hashing import stable_hash
 from raysynth.pipeline import Lineage, commit_decisions, run_stage
-from raysynth.store import RunDir, StageDir, stable_hash
+from raysynth.recipes.isheep.config import DataFilterConfig
+from raysynth.store import RunDir, StageDir
 
 
 class SelfStatsActor:

@@ -10,8 +10,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import (assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, raysynth_cmd,
-                      run_raysynth)
+from conftest import (assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed,
+                      raysynth_cmd, run_raysynth)
 from raysynth.registry import read_registry
 from raysynth.store import RunDir
 

@@ -8,7 +8,7 @@ Choices where the paper is open (its appendix A prompts are not in our copy of t
   ICL examples differ per request.
 - Assessment scores use the paper's 1-10 scale, one line per assessed aspect (`Quality: N`,
   `Following: N`) after a one-sentence explanation; the guidance text per prompt style is in
-  raysynth/prompts/isheep/guidance/ (the ICL examples are the paper's appendix B cases, shortened).
+  raysynth/recipes/isheep/prompts/guidance/ (the ICL examples are the paper's appendix B cases, shortened).
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ import json
 import random
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from raysynth.config import AssessmentConfig, ISheepConfig
-from raysynth.steps import PACKAGE_DIR, LLMStep, Messages, Rejection, text_hash
+from raysynth.recipes.isheep.config import AssessmentConfig, ISheepConfig
+from raysynth.shipped import read_jsonl
+from raysynth.steps import LLMStep, Messages, Rejection, text_hash
 from raysynth.steps.eval import respond_step
 from raysynth.steps.patterns import text_without
 
 RECIPE = "isheep"
-GUIDANCE_DIR = PACKAGE_DIR / "prompts" / RECIPE / "guidance"
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+GUIDANCE_DIR = PROMPTS / "guidance"
 ASPECTS = {"both": ("quality", "following"), "quality": ("quality",), "following": ("following",), "none": ()}
 _NO_INPUT = {"", "<noinput>", "noinput", "<no input>", "none", "n/a", "na", "-", "no input", "(none)"}
 _INSTRUCTION_RE = re.compile(r"instruction\s*\d*\s*[:：][ \t]*(?P<text>.*)", re.IGNORECASE | re.DOTALL)
@@ -93,7 +96,7 @@ def guidance(cfg: AssessmentConfig) -> str:
     aspects = ASPECTS[cfg.level]
     if cfg.prompt != "icl":
         return "\n".join((GUIDANCE_DIR / f"{cfg.prompt}_{aspect}.txt").read_text().strip() for aspect in aspects)
-    examples = [json.loads(line) for line in (GUIDANCE_DIR / "icl_examples.jsonl").read_text().splitlines() if line]
+    examples = read_jsonl(GUIDANCE_DIR / "icl_examples.jsonl")
     shown = [f"[Instruction]\n{task_prompt(e['instruction'], e['input'])}\n\n[Response]\n{e['output']}\n\n"
              + "\n".join(f"{aspect.capitalize()}: {e[f'{aspect}_score']}" for aspect in aspects) for e in examples]
     return (GUIDANCE_DIR / "icl_intro.txt").read_text().strip() + "\n\n" + "\n\n".join(shown)
@@ -146,12 +149,12 @@ def isheep_steps(cfg: ISheepConfig) -> dict[str, LLMStep]:
     chars = (cfg.max_instruction_chars, cfg.max_input_chars)
     assessment, text = cfg.assessment, guidance(cfg.assessment)
     return {
-        "generate": LLMStep("instructions", RECIPE, "generate_instruction", build_generate,
+        "generate": LLMStep("instructions", RECIPE, PROMPTS, "generate_instruction", build_generate,
                             lambda reply, row: parse_generated(reply, row, *chars), cfg.steps.generate,
                             regex=generate_regex(*chars, cfg.small_model_guards), params={"chars": list(chars)}),
         # The model answers zero-shot, as a user would ask: the evaluation's step under another name.
         "answer": replace(respond_step(cfg.steps.answer), name="answer"),
-        "assess": LLMStep("assess", RECIPE, "assess",
+        "assess": LLMStep("assess", RECIPE, PROMPTS, "assess",
                           lambda row, template: build_assess(row, template, text, assessment.level),
                           lambda reply, row: parse_assessment(reply, row, assessment.level), cfg.steps.assess,
                           regex=assess_regex(assessment.level, assessment.max_explanation_chars),

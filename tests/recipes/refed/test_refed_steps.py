@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from raysynth.config import ConfigError, RefedConfig, load_config
+from conftest import REPO
+from raysynth.config import ConfigError
 from raysynth.pipeline import Lineage, parse_and_commit, write_source_stage
-from raysynth.recipes.refed import json_rates, reference_rows, synthesis_requests
+from raysynth.recipes import load_config
+from raysynth.recipes.refed.config import RefedConfig
+from raysynth.recipes.refed.recipe import json_rates, reference_rows, synthesis_requests
+from raysynth.recipes.refed.steps import (FEATURES, parse_generated_instructions, parse_improve,
+                                          parse_instruction_feedback, parse_response_feedback, refed_steps)
 from raysynth.steps import Rejection
 from raysynth.steps.json_reply import parse_json_reply
-from raysynth.steps.refed import (FEATURES, parse_generated_instructions, parse_improve, parse_instruction_feedback,
-                                  parse_response_feedback, refed_steps)
 from raysynth.store import RunDir
 
-REPO = Path(__file__).resolve().parent.parent
 REFERENCE = {"reference": 0, "ref_prompt": "Give three tips for staying healthy.", "ref_output": "1. Eat well. 2. Sleep. 3. Move."}
 
 

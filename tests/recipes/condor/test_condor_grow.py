@@ -6,11 +6,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_grow_tags_on_the_embedded_model(local_ray, tmp_path):
-    from raysynth.config import CondorConfig, EngineConfig
+    from raysynth.config import EngineConfig
     from raysynth.models import resolve_model
     from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
-    from raysynth.recipes.condor import add_grown_tags, branch_rows, leaf_tags
-    from raysynth.steps.condor import condor_steps
+    from raysynth.recipes.condor.config import CondorConfig
+    from raysynth.recipes.condor.recipe import add_grown_tags, branch_rows, leaf_tags
+    from raysynth.recipes.condor.steps import condor_steps
     from raysynth.store import RunDir
 
     tree = {"Biology": {"Marine biology": ["coral reefs", "plankton"], "Genetics": ["DNA replication"]},

@@ -7,22 +7,24 @@ Pure functions.
 
 Every reply but the answer is JSON (vLLM structured output by default); a malformed or truncated
 reply is repaired with json-repair, and the row records `json_repaired`; a reply that is still
-unusable is counted and dropped. Our prompts (raysynth/prompts/refed/) follow the structure of the
+unusable is counted and dropped. Our prompts (raysynth/recipes/refed/prompts/) follow the structure of the
 authors' (repository Shuhaibm/refed, prompts.py), in our words.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from raysynth.config import RefedConfig
-from raysynth.steps import PACKAGE_DIR, LLMStep, Messages, Rejection
+from raysynth.recipes.refed.config import RefedConfig
+from raysynth.shipped import read_jsonl
+from raysynth.steps import LLMStep, Messages, Rejection
 from raysynth.steps.json_reply import list_schema, object_schema, parse_json_reply, string_array, string_list
 
 RECIPE = "refed"
-FEATURES = {row["feature"]: row for row in map(json.loads, (PACKAGE_DIR / "prompts" / RECIPE / "features.jsonl")
-                                                .read_text().splitlines()) if row}
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+FEATURES = {row["feature"]: row for row in read_jsonl(PROMPTS / "features.jsonl")}
 
 
 # The authors' improvement record; lists bounded so that a reply leaves room for the response itself.
@@ -131,7 +133,7 @@ def refed_steps(cfg: RefedConfig) -> dict[str, LLMStep]:
     items, s = cfg.max_list_items, cfg.steps
 
     def response_feedback(name: str, columns: tuple[str, str]) -> LLMStep:
-        return LLMStep(name, RECIPE, "response_feedback",
+        return LLMStep(name, RECIPE, PROMPTS, "response_feedback",
                        lambda row, template: build_response_feedback(row, template, *columns),
                        lambda text, row: parse_response_feedback(text, row, items), s.response_feedback,
                        json_schema=list_schema("strengths", "improvements", max_items=items),
@@ -139,19 +141,19 @@ def refed_steps(cfg: RefedConfig) -> dict[str, LLMStep]:
 
     return {
         "instruction_feedback": LLMStep(
-            "instruction-feedback", RECIPE, "instruction_feedback", build_instruction_feedback,
+            "instruction-feedback", RECIPE, PROMPTS, "instruction_feedback", build_instruction_feedback,
             lambda text, row: parse_instruction_feedback(text, row, items), s.instruction_feedback,
             json_schema=list_schema("subject_areas", "skills", max_items=items), params={"items": items}),
         "reference_feedback": response_feedback("response-feedback", ("ref_prompt", "ref_output")),
         "sample_feedback": response_feedback("sample-feedback", ("instruction", "response")),
         # One request per reference and feature for all its instructions, as the paper asks: the model
         # sees the list it writes, so the instructions differ from each other.
-        "generate": LLMStep("instructions", RECIPE, "generate_instruction",
+        "generate": LLMStep("instructions", RECIPE, PROMPTS, "generate_instruction",
                             lambda row, template: build_generate(row, template, cfg.instructions_per_feature),
                             lambda text, row: parse_generated_instructions(text, row, cfg.max_instruction_chars),
                             s.generate, json_schema=generate_schema(cfg.instructions_per_feature, cfg.max_instruction_chars),
                             params={"count": cfg.instructions_per_feature, "max_chars": cfg.max_instruction_chars}),
-        "answer": LLMStep("answer", RECIPE, "answer", build_answer, parse_answer, s.answer),
-        "improve": LLMStep("improve", RECIPE, "improve_sample" if cfg.feedback == "sample" else "improve",
+        "answer": LLMStep("answer", RECIPE, PROMPTS, "answer", build_answer, parse_answer, s.answer),
+        "improve": LLMStep("improve", RECIPE, PROMPTS, "improve_sample" if cfg.feedback == "sample" else "improve",
                            build_improve, parse_improve, s.improve, json_schema=IMPROVE_SCHEMA),
     }

@@ -5,14 +5,17 @@ build/parse functions."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
-from raysynth.config import CondorConfig, SamplingConfig
+from raysynth.config import SamplingConfig
+from raysynth.recipes.condor.config import CondorConfig
 from raysynth.steps import LLMStep, Messages, Rejection
 from raysynth.steps.json_reply import object_schema, parse_json_reply, string_array, string_list
 from raysynth.steps.patterns import text_without
 
 RECIPE = "condor"
+PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 _QUESTION_RE = re.compile(
     r"\[\s*(?P<level>[A-Za-z]+)\s*\]\s*\[\s*Question Start\s*\](?P<text>.*?)\[\s*Question End\s*\]",
@@ -90,7 +93,7 @@ def parse_tree_topics(text: str, row: dict[str, Any], count: int) -> list[dict[s
 
 
 def tree_step(name: str, count: int, sampling: SamplingConfig) -> LLMStep:
-    return LLMStep(name, RECIPE, "tree_topics", lambda row, template: build_tree_topics(row, template, count),
+    return LLMStep(name, RECIPE, PROMPTS, "tree_topics", lambda row, template: build_tree_topics(row, template, count),
                    lambda text, row: parse_tree_topics(text, row, count), sampling,
                    json_schema=tree_topics_schema(count), params={"count": count})
 
@@ -224,14 +227,14 @@ def condor_steps(cfg: CondorConfig) -> dict[str, LLMStep]:
 
     steps = cfg.steps
     return {
-        "grow_tags": LLMStep("grow-tags", RECIPE, "grow_tags", build_grow, parse_grow_tags, steps.grow_tags,
+        "grow_tags": LLMStep("grow-tags", RECIPE, PROMPTS, "grow_tags", build_grow, parse_grow_tags, steps.grow_tags,
                              regex=grow_tags_regex(max(cfg.grow_tags, 1)), params={"count": cfg.grow_tags}),
-        "question": LLMStep("question", RECIPE, "question", build_question, parse_q, steps.question,
+        "question": LLMStep("question", RECIPE, PROMPTS, "question", build_question, parse_q, steps.question,
                             regex=question_regex(difficulties, cfg.max_question_chars, cfg.small_model_guards),
                             params={"difficulties": difficulties}),
-        "answer": LLMStep("answer", RECIPE, "answer", build_answer, parse_answer, steps.answer),
-        "critique": LLMStep("critique", RECIPE, "critique", build_critique, parse_critique, steps.critique,
+        "answer": LLMStep("answer", RECIPE, PROMPTS, "answer", build_answer, parse_answer, steps.answer),
+        "critique": LLMStep("critique", RECIPE, PROMPTS, "critique", build_critique, parse_critique, steps.critique,
                             regex=critique_regex(cfg.max_section_chars, cfg.small_model_guards)),
-        "refine": LLMStep("refine", RECIPE, "refine", build_refine, parse_refine, steps.refine,
+        "refine": LLMStep("refine", RECIPE, PROMPTS, "refine", build_refine, parse_refine, steps.refine,
                           regex=refine_regex(cfg.max_answer_chars, cfg.small_model_guards)),
     }

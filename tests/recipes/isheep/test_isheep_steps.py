@@ -9,18 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raysynth.config import SELF_INSTRUCT_FILTER, AssessmentConfig, ConfigError, DataFilterConfig, ISheepConfig, load_config
+from conftest import REPO
+from raysynth.config import ConfigError
 from raysynth.pipeline import Lineage, parse_and_commit, run_decision_stage
-from raysynth.recipes.isheep import accumulate_sft
-from raysynth.shipped import seed_tasks
+from raysynth.recipes import load_config
+from raysynth.recipes.isheep.config import SELF_INSTRUCT_FILTER, AssessmentConfig, ISheepConfig
+from raysynth.recipes.isheep.recipe import accumulate_sft
+from raysynth.recipes.isheep.steps import (assess_regex, generation_requests, guidance, isheep_steps, parse_assessment,
+                                           parse_generated, threshold_reason)
 from raysynth.score.filter_stage import filter_reasons
-from raysynth.score.self_stats import cluster_labels, data_filter_reasons
+from raysynth.shipped import seed_tasks
 from raysynth.steps import Rejection
-from raysynth.steps.isheep import (assess_regex, generation_requests, guidance, isheep_steps, parse_assessment,
-                                   parse_generated, threshold_reason)
 from raysynth.store import RunDir
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("reply, instruction, task_input", [
@@ -145,29 +145,6 @@ def test_unparseable_assessment_is_counted_and_kept_out(tmp_path: Path):
     kept_after_assessment(tmp_path, "both", 8)
     [assessed] = [s for s in RunDir(tmp_path / "both-8-min").stages() if s.name.startswith("assess")]
     assert assessed.manifest()["rejected"] == {"unparseable": 1} and assessed.manifest()["rows_out"] == 4
-
-
-def stats_frame() -> pd.DataFrame:
-    """Two tight clusters of representations with known perplexities."""
-    vectors = [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [10.0, 10.0], [10.1, 10.0], [10.0, 10.1]]
-    return pd.DataFrame({"id": [f"r{i}" for i in range(6)], "embedding": vectors,
-                         "perplexity": [30.0, 5.0, 70.0, 12.0, 80.0, 3.0]})
-
-
-def test_perplexity_filter_drops_above_the_cut():
-    reasons = data_filter_reasons(stats_frame(), DataFilterConfig(kind="perplexity"), 0)
-    assert reasons == [None, None, "perplexity_above_max", None, "perplexity_above_max", None]
-
-
-def test_density_filters_sample_each_cluster():
-    frame = stats_frame()
-    assert sorted(cluster_labels(np.array(frame["embedding"].tolist()), 2, 0)[:3].tolist()) in ([0, 0, 0], [1, 1, 1])
-    lowest = data_filter_reasons(frame, DataFilterConfig(kind="density_perplexity", clusters=2), 0)
-    assert [i for i, r in enumerate(lowest) if r is None] == [1, 5]  # the lowest perplexity of each cluster
-    sampled = data_filter_reasons(frame, DataFilterConfig(kind="density", clusters=2, per_cluster=2), 0)
-    kept = [i for i, r in enumerate(sampled) if r is None]
-    assert len(kept) == 4 and len([i for i in kept if i < 3]) == 2
-    assert data_filter_reasons(frame, DataFilterConfig(kind="density", clusters=50), 0) == [None] * 6  # k capped
 
 
 def test_total_base_accumulates_every_iteration(tmp_path: Path):

@@ -21,17 +21,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysynth.config import ISheepRun
 from raysynth.eval import evaluate
 from raysynth.export import export_sft
+from raysynth.hashing import stable_hash
 from raysynth.models import engine_for
 from raysynth.pipeline import Lineage, run_decision_stage, run_llm_stage, write_source_stage
 from raysynth.promotion import Ladder, first_champion
+from raysynth.recipes.isheep.config import ISheepRun
+from raysynth.recipes.isheep.self_stats import data_filter_reasons, run_self_stats_stage
+from raysynth.recipes.isheep.steps import ASPECTS, generation_requests, isheep_steps, threshold_reason
 from raysynth.score.filter_stage import run_filter_stage
-from raysynth.score.self_stats import data_filter_reasons, run_self_stats_stage
 from raysynth.shipped import seed_tasks
-from raysynth.steps.isheep import ASPECTS, generation_requests, isheep_steps, threshold_reason
-from raysynth.store import RunDir, StageDir, stable_hash
+from raysynth.store import RunDir, StageDir, atomic_write_parquet
 from raysynth.train import train_model
 
 RECIPE = "isheep"
@@ -49,9 +50,7 @@ def score_histograms(assessed: StageDir, level: str) -> dict[str, dict[str, int]
 def accumulate_sft(files: list[Path], out: Path) -> Path:
     """All iterations' SFT rows in one file (the Total_base setting)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(pa.concat_tables([pq.read_table(f) for f in files]), tmp)
-    tmp.replace(out)
+    atomic_write_parquet(out, pa.concat_tables([pq.read_table(f) for f in files]))
     return out
 
 
@@ -104,9 +103,7 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
         summary["iterations"].append(step)
         run_dir.write_iteration_summary(step)
         if not export["rows"]:
-            step["skipped"] = "no pair was kept"
-            run_dir.write_iteration_summary(step)
-            run_dir.nothing_kept(f"iteration {t}: {step['skipped']}; the model stays {model}")
+            run_dir.skip_iteration(step, "no pair was kept", f"the model stays {model}")
             continue
         # One_base (paper): the base model on this iteration's data; One_last: the last model on it;
         # Total_base: the base model on every iteration's data so far.

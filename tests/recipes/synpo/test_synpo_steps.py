@@ -1,5 +1,5 @@
-"""SynPO's pure pieces on fixed strings: keyword extraction and exclusion, the iteration bands, the
-generator's training keywords, prompt and improvement parsing, sampling-ranking, config errors."""
+"""SynPO's pure pieces on fixed strings: the generator's training keywords, prompt and improvement
+parsing, sampling-ranking, config errors (keyword lists: test_keywords.py)."""
 
 import random
 from pathlib import Path
@@ -7,52 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raysynth.config import ConfigError, KeywordConfig, load_config
-from raysynth.keywords import candidates, in_band, keyword_reason, list_reason, pick_keywords
-from raysynth.recipes.synpo import best_worst, generator_rows
+from raysynth.config import ConfigError
+from raysynth.recipes import load_config
+from raysynth.recipes.synpo.config import KeywordConfig
+from raysynth.recipes.synpo.recipe import best_worst, generator_rows
+from raysynth.recipes.synpo.steps import (clean_reply, generator_keywords, parse_generated_prompt, parse_improved,
+                                          synpo_steps, templates)
 from raysynth.steps import Rejection
-from raysynth.steps.synpo import (clean_reply, generator_keywords, parse_generated_prompt, parse_improved,
-                                  synpo_steps, templates)
-
-PARAGRAPH = ("The Amazon rainforest covers much of the Amazon basin of South America. The basin holds "
-             "seven million square kilometres, of which rainforest covers five and a half million. "
-             "Deforestation by cattle ranching and soybean farming threatens the rainforest ecosystem.")
-
-
-def test_yake_candidates_are_phrases_of_the_paragraph():
-    found = candidates(PARAGRAPH, KeywordConfig())
-    assert 3 <= len(found) <= 10
-    assert all(word.lower() in PARAGRAPH.lower() for keyword in found for word in keyword.split())
-
-
-def test_pick_is_seeded_by_the_paragraph():
-    found = ["a1", "b2", "c3", "d4", "e5"]
-    assert pick_keywords(found, 3, "p1", 0) == pick_keywords(found, 3, "p1", 0)
-    picks = {tuple(pick_keywords(found, 3, f"p{i}", 0)) for i in range(20)}
-    assert len(picks) > 3 and all(len(set(p)) == 3 for p in picks)
-
-
-@pytest.mark.parametrize("keyword, reason", [
-    ("Daniel Radcliffe", "personal_name"), ("Harry", "personal_name"), ("the", "stopword"),
-    ("machine learning", None), ("Pan American", None), ("London", None), ("Bush", None),
-    ("harry", None),  # lower case: a word, not a name
-])
-def test_keyword_exclusion(keyword, reason):
-    assert keyword_reason(keyword) == reason
-
-
-def test_a_list_is_excluded_by_its_first_bad_keyword():
-    assert list_reason(["soybean farming", "Daniel Radcliffe", "the"]) == "personal_name"
-    assert list_reason(["soybean farming", "rainforest"]) is None
-
-
-def test_iteration_bands_are_disjoint_and_about_the_fraction():
-    ids = [f"id{i}" for i in range(4000)]
-    bands = [{i for i in ids if in_band(i, 0, t, 0.1)} for t in (1, 2, 3)]
-    assert all(320 < len(b) < 480 for b in bands)
-    assert not bands[0] & bands[1] and not bands[1] & bands[2]
-    assert {i for i in ids if in_band(i, 0, 1, 1.0)} == set(ids)
-    assert bands[0] == {i for i in ids if in_band(i, 0, 11, 0.1)}  # wraps around after 1 / fraction
 
 
 def test_generator_keywords_two_of_the_prompt_and_one_noise():
@@ -87,7 +48,7 @@ def test_prompt_and_improvement_parsing():
 
 
 def test_step_messages_use_the_templates():
-    from raysynth.config import SynpoConfig
+    from raysynth.recipes.synpo.config import SynpoConfig
 
     steps = synpo_steps(SynpoConfig())
     generate = steps["generate_prompt"].build({"keywords": ["tides", "moon", "piano"]}, steps["generate_prompt"].template)
@@ -139,7 +100,8 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path, body: str, messag
 
 
 def test_shipped_synpo_configs_validate():
-    repo = Path(__file__).resolve().parent.parent
+    from conftest import REPO as repo
+
     small = load_config(repo / "configs" / "synpo-small.yaml")
     assert small.synpo.iterations == 1 and small.synpo.scorer.kind == "llm_judge"
     # The cluster job names cluster paths; everything else must validate here.
@@ -150,7 +112,7 @@ def test_shipped_synpo_configs_validate():
 
 
 def test_the_held_out_seed_rows_are_a_seeded_disjoint_share():
-    from raysynth.recipes.synpo import split_holdout
+    from raysynth.recipes.synpo.recipe import split_holdout
 
     rows = [{"prompt": f"p{i}", "gold": f"g{i}"} for i in range(50)]
     kept, held = split_holdout(rows, 0.1, seed=3)

@@ -19,15 +19,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from raysynth.config import CondorRun, EngineConfig, TagTreeConfig
+from raysynth.config import EngineConfig
 from raysynth.eval import evaluate
 from raysynth.export import export_sft
+from raysynth.hashing import stable_hash
 from raysynth.models import resolve_model
 from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.promotion import Ladder, first_champion
+from raysynth.recipes.condor.config import CondorRun, TagTreeConfig
+from raysynth.recipes.condor.steps import condor_steps, tree_step
 from raysynth.shipped import CONDOR_TAG_TREE, seed_tasks
-from raysynth.steps.condor import condor_steps, tree_step
-from raysynth.store import RunDir, stable_hash
+from raysynth.store import RunDir
 from raysynth.train import train_model
 
 RECIPE = "condor"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import (assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed, run_raysynth,
-                      write_tiny_config)
+from conftest import (assert_resume_matches_uninterrupted, check_verdicts, kill_driver_when, partly_committed,
+                      run_raysynth, write_tiny_config)
 from raysynth.registry import read_registry
 from raysynth.store import RunDir
 
