@@ -13,7 +13,12 @@ model's IFEval at that size takes about 25 minutes (all 541 at 1024 tokens took 
 study is about 50 minutes of evaluation beyond the shared iteration 0, more than the ~45 minutes a study
 may take there; `--limit` and `--max-tokens` shrink it, and the section records the size it ran at.
 
+`--reuse-iteration-0 RUN_DIR` copies the committed iteration-0 evaluation stages of an earlier study
+on the same initial model (their directory names are their identities, so the evaluation finds them
+done; a different evaluation setting names other stages and nothing is reused).
+
     python bench/outcome.py isheep [--size small] [--iterations 2] [--limit 541] [--max-tokens 512]
+    python bench/outcome.py synpo --reuse-iteration-0 runs/outcome-isheep
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +37,7 @@ from common import REPO, commit
 from raysynth.config import EvalConfig, PromotionConfig, SamplingConfig
 from raysynth.promotion import gate
 from raysynth.recipes import load_config
+from raysynth.store import StageDir
 
 RESULTS = REPO / "bench" / "results-outcome.md"
 ITERATED = {"synpo", "isheep"}  # Condor and REFED train once
@@ -48,6 +55,17 @@ def run_recipe(recipe: str, config: Path, run_dir: Path, iterations: int) -> flo
     subprocess.run([sys.executable, "-m", "raysynth.cli", "run", str(config),
                     *[a for o in overrides for a in ("--set", o)]], check=True)
     return time.time() - started
+
+
+def copy_iteration_0(source: Path, run_dir: Path) -> list[str]:
+    """The committed iteration-0 evaluation stages of `source` copied into `run_dir` (names copied)."""
+    copied = []
+    for stage in sorted((source / "iter-00").glob("eval-*")):
+        target = run_dir / "iter-00" / stage.name
+        if StageDir(stage).committed and not target.exists():
+            shutil.copytree(stage, target)
+            copied.append(stage.name)
+    return copied
 
 
 def evaluate_all(run_dir: Path, eval_cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -80,7 +98,9 @@ def section(recipe: str, args: argparse.Namespace, run_seconds: float, results: 
              f"`python bench/outcome.py {recipe} --size {args.size} --iterations {args.iterations} --limit "
              f"{args.limit} --max-tokens {args.max_tokens}`, measured {time.strftime('%Y-%m-%d')} at commit "
              f"{commit()} on this machine's CPU (2 cores). Recipe run {run_seconds / 60:.1f} min; evaluations "
-             + ", ".join(f"iteration {r['iteration']} {r['seconds'] / 60:.1f} min" for r in results) + ".", "",
+             + ", ".join(f"iteration {r['iteration']} {r['seconds'] / 60:.1f} min" for r in results)
+             + (f" (iteration 0's answers reused from {args.reuse_iteration_0})" if args.reuse_iteration_0 else "")
+             + ".", "",
              "| iteration | IFEval prompt strict | loose | strict minus iter 0 (paired) | loose minus iter 0 "
              "| win rate vs iter 0 (W-T-L) | default gate |", "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -118,12 +138,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=541, help="IFEval prompts (541: all)")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/outcome-RECIPE")
+    parser.add_argument("--reuse-iteration-0", type=Path, default=None, metavar="RUN_DIR",
+                        help="an earlier study's run dir on the same initial model: reuse its iteration-0 evaluation")
     args = parser.parse_args()
     run_dir = args.run_dir or REPO / "runs" / f"outcome-{args.recipe}"
     run_seconds = run_recipe(args.recipe, REPO / "configs" / f"{args.recipe}-{args.size}.yaml", run_dir,
                              args.iterations)
     eval_cfg = EvalConfig(limit=args.limit, generation=SamplingConfig(temperature=0.0, max_tokens=args.max_tokens,
                                                                       structured=False))
+    if args.reuse_iteration_0:
+        print("reused from", args.reuse_iteration_0, copy_iteration_0(args.reuse_iteration_0, run_dir))
     results = evaluate_all(run_dir, eval_cfg)
     (run_dir / "outcome.json").write_text(json.dumps(results, indent=1))
     text = RESULTS.read_text() if RESULTS.is_file() else "# Outcome studies (bench/outcome.py)\n"
