@@ -77,7 +77,7 @@ def evaluate_all(run_dir: Path, eval_cfg: EvalConfig) -> list[dict[str, Any]]:
 
     cfg = load_config(run_dir / "config.yaml")
     initial = getattr(cfg, "student_model", None) or cfg.engine.model
-    init_ray()
+    init_ray(run_dir / "logs" / "outcome.log")  # Ray's log lines there, not among the figures
     run = RunDir(run_dir)
     # The recipe's small engine batches (48 for I-SHEEP) leave the engine half empty on 541 long answers:
     # the evaluation feeds it EVAL_BATCH prompts per call (541 = 3 calls); the answers do not depend on it.
