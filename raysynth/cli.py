@@ -302,12 +302,13 @@ def serve(
     from ray import serve as ray_serve
 
     from raysynth.pipeline import init_ray
+    from raysynth.registry import REGISTRY
     from raysynth.serve import start_server
 
     init_ray()
     url = start_server(cfg)
     typer.echo(f"serving {current.name} at {url}/v1 (OpenAI-compatible); following "
-               f"{cfg.run_dir / 'models.json'}. Ctrl-C to stop.")
+               f"{cfg.run_dir / REGISTRY}. Ctrl-C to stop.")
     try:
         while True:
             time.sleep(3600)
@@ -322,11 +323,11 @@ def swap(
 ) -> None:
     """Switch a running `raysynth serve` to a registered MODEL (or roll back to an earlier one): the
     run's registry names it current; replicas load it, test it, and switch without dropping requests."""
-    from raysynth.registry import UnknownModel, make_current
+    from raysynth.registry import REGISTRY, UnknownModel, make_current
 
     with _exit_on_user_error(config_errors=(UnknownModel,)):
         entry = make_current(run_dir, model)
-    typer.echo(f"{run_dir / 'models.json'}: current -> {entry.name} ({entry.path})")
+    typer.echo(f"{run_dir / REGISTRY}: current -> {entry.name} ({entry.path})")
 
 
 models_app = typer.Typer(help="The models a run may serve (RUN_DIR/models.json): list them with their lineage, "
@@ -390,11 +391,11 @@ def promote(
 ) -> None:
     """Make MODEL the run's champion by hand, overriding the gate: the registry names it current and a
     running server switches to it without dropping requests."""
-    from raysynth.registry import UnknownModel, make_current
+    from raysynth.registry import REGISTRY, UnknownModel, make_current
 
     with _exit_on_user_error(config_errors=(UnknownModel,)):
         entry = make_current(run_dir, model, "promoted", reason)
-    typer.echo(f"{run_dir / 'models.json'}: champion -> {entry.name} ({entry.path})")
+    typer.echo(f"{run_dir / REGISTRY}: champion -> {entry.name} ({entry.path})")
 
 
 @app.command()
@@ -406,11 +407,11 @@ def rollback(
 ) -> None:
     """Roll the run back to an earlier champion: the current one is marked rolled back, and a running
     server switches to the earlier model without dropping requests."""
-    from raysynth.registry import UnknownModel, make_current
+    from raysynth.registry import REGISTRY, UnknownModel, make_current
 
     with _exit_on_user_error(config_errors=(UnknownModel,)):
         entry = make_current(run_dir, to, "rolled back", reason)
-    typer.echo(f"{run_dir / 'models.json'}: champion -> {entry.name} ({entry.path}), rolled back")
+    typer.echo(f"{run_dir / REGISTRY}: champion -> {entry.name} ({entry.path}), rolled back")
 
 
 @models_app.command("add")
@@ -423,12 +424,13 @@ def models_add(
     """Register a model in the run so that `raysynth swap` and POST /admin/swap may serve it. Its weights
     are checked first (a truncated safetensors file is refused)."""
     from raysynth.models import check_checkpoint, resolve_model
+    from raysynth.registry import REGISTRY
     from raysynth.serve import add_model
 
     with _exit_on_user_error():
         check_checkpoint(resolve_model(model))
         entry = add_model(run_dir, model, name, current=current)
-    typer.echo(f"registered {entry.name} ({entry.path}) in {run_dir / 'models.json'}"
+    typer.echo(f"registered {entry.name} ({entry.path}) in {run_dir / REGISTRY}"
                + (" as current" if current else ""))
 
 
