@@ -110,7 +110,9 @@ def section(recipe: str, args: argparse.Namespace, run_seconds: float, results: 
             paired, win = r["paired"]["ifeval"], r["winrate"]
             row += [fmt(paired["prompt_strict"], True), fmt(paired["prompt_loose"], True),
                     f"{fmt(win['win_rate'])} ({win['wins']}-{win['ties']}-{win['losses']}, "
-                    f"{win['incomplete']} incomplete)",
+                    f"{win['incomplete']} incomplete"
+                    + (f"; first shown picked {win['picked_first_shown']['value']:.0%}" if "picked_first_shown" in win
+                       else "") + ")",
                     "promote" if gate(r, PromotionConfig()).promote else "reject"]
         else:
             row += ["", "", "", ""]

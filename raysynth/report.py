@@ -188,6 +188,23 @@ def side_by_side(run: RunDir, recipe: str, limit: int = 8) -> list[dict[str, Any
     return pairs
 
 
+def position_bound(winrate: dict[str, Any]) -> bool:
+    """The judge's verdicts follow the position it was shown the answers in, not the answers: its
+    first-shown rate's interval lies outside 25%-75%."""
+    first = winrate["picked_first_shown"]
+    return first["low"] > 0.75 or first["high"] < 0.25
+
+
+def position_note(winrate: dict[str, Any]) -> str:
+    first = winrate["picked_first_shown"]
+    note = (f"the judge picked the answer shown first in {first['value']:.0%} [{first['low']:.0%}, "
+            f"{first['high']:.0%}] of {first['n']} verdicts")
+    if position_bound(winrate):
+        note += (": it follows the position, not the answers, so both-orders judging makes its pairs ties and "
+                 "this win rate says little of the models (use eval.judge_scorer or a larger judge)")
+    return note[0].upper() + note[1:]
+
+
 def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, border=0, classes="grid", na_rep="-",
                          float_format=lambda v: f"{v:.3f}")
@@ -249,6 +266,8 @@ def build_report(run_dir: Path | str) -> dict[str, Path]:
                 parts.append(f"<p>iteration {result['iteration']} vs {html.escape(w['baseline'])}: {w['wins']} wins, "
                              f"{w['ties']} ties, {w['losses']} losses, {w['incomplete']} incomplete (judge: "
                              f"{html.escape(w['judge'])}, {html.escape(w.get('method', 'both orders'))})</p>")
+                if "picked_first_shown" in w:
+                    parts.append(f"<p class='{'warn' if position_bound(w) else 'muted'}'>{position_note(w)}</p>")
     else:
         parts.append("<p class='muted'>No evaluation in this run (set an <code>eval:</code> section).</p>")
     registry = read_registry(run.path)
@@ -332,6 +351,8 @@ def summary_markdown(run: RunDir, recipe: str, evals: list[dict[str, Any]], stag
             lines.append(f"- IFEval {name.replace('_', ' ')}: {_fmt(m)}")
         if "winrate" in result:
             lines.append(f"- win rate vs `{result['winrate']['baseline']}`: {_fmt(result['winrate']['win_rate'])}")
+            if "picked_first_shown" in result["winrate"]:
+                lines.append(f"- {position_note(result['winrate'])}")
         for name, m in (result.get("paired") or {}).get("ifeval", {}).items():
             lines.append(f"- IFEval {name.replace('_', ' ')} minus `{result['paired']['baseline']}` (paired): {_fmt(m)}")
         for name, m in result.get("diversity", {}).items():

@@ -89,7 +89,8 @@ def test_report_from_eval_files_and_stages(tmp_path):
         result = {"iteration": it, "model": f"m{it}", "ifeval": {"prompt_strict": m, "instruction_loose": m}}
         if it:
             result["winrate"] = {"baseline": "m0", "win_rate": m, "judge": "m1", "wins": 3, "ties": 1,
-                                 "losses": 2, "incomplete": 0}
+                                 "losses": 2, "incomplete": 0,
+                                 "picked_first_shown": {"value": 0.93, "low": 0.91, "high": 0.94, "n": 1052}}
             result["paired"] = {"baseline": "m0", "ifeval": {"prompt_strict": m}}
         (run / "eval" / f"iter-{it:02d}.json").write_text(json.dumps(result))
     register_model(run, "condor-iter-00", tmp_path / "m0", 0)
@@ -104,10 +105,12 @@ def test_report_from_eval_files_and_stages(tmp_path):
     assert page.count("<img") == 1 and "win rate vs champion" in page and "3 wins" in page
     assert "SimPO beta search" in page and "<th>beta 6</th>" in page
     assert "ifeval prompt strict minus champion" in page
+    assert "The judge picked the answer shown first in 93% [91%, 94%] of 1052 verdicts: it follows the position" in page
     assert "Champion timeline" in page and "Served now: <b>condor-iter-00</b>" in page
     assert "rejected: win rate too low" in page and "3-1-2" in page
     summary = paths["markdown"].read_text()
     assert "- condor-iter-01: rejected (rejected: win rate too low)" in summary
     assert "SimPO beta search, held-out pairs ranked right: beta 2 0.50, beta 6 0.75; kept beta 6" in summary
     assert "IFEval prompt strict minus `m0` (paired): 0.300" in summary
+    assert "- The judge picked the answer shown first in 93%" in summary
     assert "IFEval prompt strict: 0.300 [0.250, 0.350] (n=100)" in summary

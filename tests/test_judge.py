@@ -10,7 +10,7 @@ import pytest
 
 from raysynth.steps import Rejection
 from raysynth.steps.judge import (combine_pairwise, pairwise_regex, pairwise_rows, parse_pairwise, parse_score,
-                                  parse_winner, pointwise_regex)
+                                  parse_winner, picked_first_shown, pointwise_regex)
 
 TEST_DATA = Path(__file__).parent / "data"
 
@@ -52,6 +52,8 @@ def test_position_swap_maps_back_and_combines():
         {"pair_id": "p3", "order": 0, "judge_winner": "b"},
     ])
     assert dict(combine_pairwise(verdicts).values.tolist()) == {"p1": "tie", "p2": "a", "p3": "incomplete"}
+    # p1: the first-shown answer in both orders (a tie); p2: answer a in both (first shown once); p3: the second
+    assert picked_first_shown(verdicts) == [1, 1, 1, 0, 0]
 
 
 def test_structured_regexes_accept_their_own_format():

@@ -29,7 +29,7 @@ from raysynth.pipeline import Lineage, run_llm_stage, write_source_stage
 from raysynth.score.stage import run_score_stage
 from raysynth.shipped import read_jsonl
 from raysynth.steps.eval import respond_step
-from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows
+from raysynth.steps.judge import combine_pairwise, judge_steps, pairwise_rows, picked_first_shown
 from raysynth.store import RunDir, atomic_write_json
 
 # Win rate counts a tie as half a win (AlpacaEval's convention).
@@ -85,6 +85,7 @@ def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict
     With `eval.judge_scorer`, a reward model scores each pair instead (`scored_outcomes`)."""
     pairs = [{"pair_id": key, "instruction": prompts[key], "a": answers[key], "b": baseline_answers[key]}
              for key in sorted(prompts) if key in answers and key in baseline_answers]
+    bias: dict[str, Any] = {}  # the LLM judge's position habit
     if cfg.judge_scorer is not None:
         judge_name = f"{cfg.judge_scorer.kind}:{cfg.judge_scorer.model}"
         outcomes = scored_outcomes(run, iteration, pairs, cfg.judge_scorer, Lineage("eval", iteration, judge_name))
@@ -95,13 +96,16 @@ def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict
                                    {"pairs": stable_hash(pairs)}, lineage)
         step = replace(judge_steps(cfg.judge)["pairwise"], name="eval-winrate-judge")
         verdicts = run_llm_stage(run, iteration, step, shown, judge_config, judge_dir, lineage)
-        outcomes = combine_pairwise(verdicts.read(["pair_id", "order", "judge_winner"]))
+        read = verdicts.read(["pair_id", "order", "judge_winner"])
+        outcomes = combine_pairwise(read)
+        bias["picked_first_shown"] = rate(picked_first_shown(read), cfg.seed)
     decided = [OUTCOME_VALUE[w] for w in outcomes["winner"] if w in OUTCOME_VALUE]
     counts = {w: int((outcomes["winner"] == w).sum()) for w in ("a", "tie", "b", "incomplete")}
     counts["incomplete"] += len(pairs) - len(outcomes)  # both verdicts of the pair unparseable
     method = "reward-model score gap" if cfg.judge_scorer is not None else "both orders"
     return {"win_rate": rate(decided, cfg.seed), "judge": judge_name, "method": method,
-            "wins": counts["a"], "ties": counts["tie"], "losses": counts["b"], "incomplete": counts["incomplete"]}
+            "wins": counts["a"], "ties": counts["tie"], "losses": counts["b"], "incomplete": counts["incomplete"],
+            **bias}
 
 
 def scored_outcomes(run: RunDir, iteration: int, pairs: list[dict[str, Any]], scorer: ScorerConfig,

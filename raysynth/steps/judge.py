@@ -107,6 +107,15 @@ def combine_pairwise(verdicts: pd.DataFrame) -> pd.DataFrame:
     return winners.rename("winner").reset_index()
 
 
+def picked_first_shown(verdicts: pd.DataFrame) -> list[int]:
+    """Per parsed verdict, 1 when the judge picked the answer it was shown first, whichever model wrote
+    it. A judge of the answers picks it about half the time over both orders; one that follows the
+    position (a small model's habit) picks it nearly always, and both-orders judging turns its pairs
+    into ties: a win rate near 0.5 then says nothing of the models."""
+    return [int((winner == "a") == (int(order) == 0))
+            for order, winner in zip(verdicts["order"], verdicts["judge_winner"])]
+
+
 def judge_steps(cfg: JudgeConfig) -> dict[str, LLMStep]:
     chars = cfg.max_explanation_chars
     return {
