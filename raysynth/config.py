@@ -1,7 +1,8 @@
-"""Run configuration: YAML validated by pydantic models that forbid unknown keys.
+"""Configuration every recipe shares: YAML validated by pydantic models that forbid unknown keys.
 
-Every error names the file, the field path and what was expected; `load_config` raises
-`ConfigError` before anything is written.
+Each paper's own sections are in its folder (raysynth/recipes/<paper>/config.py) and
+`raysynth.recipes.load_config` reads a run config; every error names the file, the field path and what
+was expected (`ConfigError`), before anything is written.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def test_resume_filter_drops_exactly_the_committed_inputs(tmp_path):
     assert NotCommitted(done)(batch).column("id").to_pylist() == ids[301:700]
     assert NotCommitted(done[:0])(batch).equals(batch)
     # The hashes are the same in another process (the tasks that filter are other processes).
-    script = "from raysynth.store import id_hashes; print(id_hashes(['a', 'row-07']).tolist())"
+    script = "from raysynth.hashing import id_hashes; print(id_hashes(['a', 'row-07']).tolist())"
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert other.strip() == str(id_hashes(["a", "row-07"]).tolist())
 
