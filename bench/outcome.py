@@ -8,10 +8,10 @@ rate, each with its bootstrap 95% interval, and the verdict the default promotio
 The figures go to `bench/results-outcome.md`, one section per recipe (a rerun replaces its section);
 what they show is written under them by hand.
 
-Size: the defaults are the issue's (all 541 IFEval prompts, 512 tokens). On the 2-core CPU machine one
-model's IFEval at that size takes about 25 minutes (all 541 at 1024 tokens took 44), so a two-iteration
-study is about 50 minutes of evaluation beyond the shared iteration 0, more than the ~45 minutes a study
-may take there; `--limit` and `--max-tokens` shrink it, and the section records the size it ran at.
+Size: the defaults are the issue's (all 541 IFEval prompts, 512 tokens). On the 2-core CPU machine
+(I-SHEEP's study) one model's IFEval at that size took 6.3 minutes and the both-orders judging of its
+1,082 pairs 15, so a two-iteration study is about 42 minutes of evaluation beyond the shared iteration
+0, plus the recipe's run; `--limit` and `--max-tokens` shrink it, and the section records the size.
 
 `--reuse-iteration-0 RUN_DIR` copies the committed iteration-0 evaluation stages of an earlier study
 on the same initial model (their directory names are their identities, so the evaluation finds them

@@ -12,8 +12,7 @@ import numpy as np
 
 
 def sha256_hex(data: str | bytes, length: int) -> str:
-    """The first `length` hex digits of the SHA-256 of `data` (text as UTF-8): every name, id and
-    seed raysynth derives from content, so the same in every process and run."""
+    """The first `length` hex digits of the SHA-256 of `data` (text as UTF-8)."""
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:length]
 
 

@@ -64,5 +64,6 @@ def test_every_paper_folder_is_registered_and_complete():
     folders = {p.name for p in (PACKAGE / "recipes").iterdir() if (p / "recipe.py").is_file()}
     assert folders == set(RECIPES)
     for name in folders:
-        assert {"recipe.py", "steps.py", "config.py", "__init__.py"} <= {p.name for p in (PACKAGE / "recipes" / name).iterdir()}
-        assert any((PACKAGE / "recipes" / name / "prompts").glob("*.txt"))
+        folder = PACKAGE / "recipes" / name
+        assert {"recipe.py", "steps.py", "config.py", "__init__.py"} <= {p.name for p in folder.iterdir()}
+        assert any((folder / "prompts").glob("*.txt"))

@@ -96,9 +96,9 @@ def win_rate(run: RunDir, iteration: int, prompts: dict[str, str], answers: dict
                                    {"pairs": stable_hash(pairs)}, lineage)
         step = replace(judge_steps(cfg.judge)["pairwise"], name="eval-winrate-judge")
         verdicts = run_llm_stage(run, iteration, step, shown, judge_config, judge_dir, lineage)
-        read = verdicts.read(["pair_id", "order", "judge_winner"])
-        outcomes = combine_pairwise(read)
-        bias["picked_first_shown"] = rate(picked_first_shown(read), cfg.seed)
+        judged = verdicts.read(["pair_id", "order", "judge_winner"])
+        outcomes = combine_pairwise(judged)
+        bias["picked_first_shown"] = rate(picked_first_shown(judged), cfg.seed)
     decided = [OUTCOME_VALUE[w] for w in outcomes["winner"] if w in OUTCOME_VALUE]
     counts = {w: int((outcomes["winner"] == w).sum()) for w in ("a", "tie", "b", "incomplete")}
     counts["incomplete"] += len(pairs) - len(outcomes)  # both verdicts of the pair unparseable

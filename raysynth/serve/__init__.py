@@ -18,8 +18,8 @@ from raysynth.serve.keys import is_loopback, read_key, where_keys_go
 APP_NAME = "raysynth"
 # Ray Serve runs a replica's own code on a second event loop, in a thread of its own, unless told not
 # to. The model server is async throughout (its blocking work goes to threads), so it runs on the
-# replica's main loop and each request skips two hand-overs between loops: measured 0.91x the
-# requests/s of vLLM's own server against 0.82-0.86x (bench/results-serve.txt).
+# replica's main loop and each request skips two hand-overs between loops: 0.873x the requests/s of
+# vLLM's own server against 0.853x before (bench/results-serve.txt).
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
@@ -67,7 +67,8 @@ def start_server(cfg: ServeConfig) -> str:
         autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                             "target_ongoing_requests": cfg.target_ongoing_requests},
         max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "runtime_env": {"env_vars": REPLICA_ENV}},
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                           "runtime_env": {"env_vars": REPLICA_ENV}},
         health_check_period_s=cfg.health_check_period_s, health_check_timeout_s=cfg.health_check_timeout_s,
     )
     serve.run(deployment.bind(cfg, str(cfg.run_dir.resolve())), name=APP_NAME, route_prefix="/", blocking=False)

@@ -1,1 +1,2 @@
-"""Condor (arXiv 2501.12273): knowledge tree x task types x difficulties -> questions -> answers -> self-critique -> refined answers -> SFT."""
+"""Condor (arXiv 2501.12273): knowledge tree x task types x difficulties -> questions -> answers
+-> self-critique -> refined answers -> SFT."""

@@ -1,1 +1,2 @@
-"""SynPO (arXiv 2410.06961): keyword lists -> self-prompt generator -> prompts -> answers -> response improver -> scored pairs -> SimPO, iterated."""
+"""SynPO (arXiv 2410.06961): keyword lists -> self-prompt generator -> prompts -> answers -> response
+improver -> scored pairs -> SimPO, iterated."""
