@@ -1,18 +1,22 @@
 """Replies shaped like a 7B model's (questions that carry material over several lines, Chinese
-questions, answers with brackets and code blocks, critiques with numbered points, REFED lists of
-ten): every one parses, and with `small_model_guards: false` every one also passes the step's
+questions, answers with brackets and code blocks, critiques with numbered points, self-assessments
+that explain over several lines, REFED lists of ten and long improvement records): every one parses, and with `small_model_guards: false` every one also passes the step's
 structured-output pattern, so the constraint never distorts such data. With the guards on, the
 same replies are refused by the patterns: the guards are for the 135M model."""
 
 import json
 import re
 
+import pytest
+
 from raysynth.recipes.condor.config import CondorConfig
 from raysynth.recipes.condor.steps import condor_steps, parse_critique, parse_questions, parse_refine
 from raysynth.recipes.isheep.config import ISheepConfig
-from raysynth.recipes.isheep.steps import isheep_steps, parse_generated
+from raysynth.recipes.isheep.steps import isheep_steps, parse_assessment, parse_generated
 from raysynth.recipes.refed.config import RefedConfig
-from raysynth.recipes.refed.steps import parse_generated_instructions, parse_response_feedback, refed_steps
+from raysynth.recipes.refed.steps import (parse_generated_instructions, parse_improve, parse_response_feedback,
+                                          refed_steps)
+from raysynth.steps import Rejection
 
 QUESTIONS = """[Easy][Question Start]阅读下面的材料并回答问题：
 "光合作用把光能转化为化学能。"
@@ -57,6 +61,20 @@ Input: | name | age |
 | Ana  | 31  |
 | Bo   |     |"""
 
+ISHEEP_ASSESSMENT = """Explanation: The response converts the table [two rows] correctly, but:
+1. the empty age becomes "" instead of [];
+2. the keys keep their spaces.
+Quality: 7
+Following: 6"""
+
+TEN_POINTS = [f"Point {k}: the answer's step {k} [as written] could name the tool, e.g. `pip install x`." * 4
+              for k in range(1, 9)]
+IMPROVEMENT = json.dumps({
+    "analysis": {"original_strengths": TEN_POINTS, "improvement_opportunities": TEN_POINTS,
+                 "relevant_feedback": TEN_POINTS},
+    "implementation_strategy": {"planned_changes": TEN_POINTS, "rationale": "Because " * 200},
+    "improved_response": "Step 1 [setup]:\n```sh\npip install x\n```\nStep 2: run it."}, ensure_ascii=False)
+
 
 def passes(pattern: str, text: str) -> bool:
     return re.fullmatch(pattern, text) is not None
@@ -89,3 +107,35 @@ def test_refed_lists_of_ten_parse_whole_without_the_list_cap():
     schema = refed_steps(RefedConfig(max_list_items=None))["reference_feedback"].json_schema
     assert "maxItems" not in schema["properties"]["strengths"]
     assert refed_steps(RefedConfig())["reference_feedback"].json_schema["properties"]["strengths"]["maxItems"] == 5
+
+
+def test_isheep_assessment_over_several_lines_parses_and_passes():
+    assessment = parse_assessment(ISHEEP_ASSESSMENT, {}, "both")[0]
+    assert (assessment["quality_score"], assessment["following_score"]) == (7.0, 6.0)
+    assert passes(isheep_steps(ISheepConfig(small_model_guards=False))["assess"].regex, ISHEEP_ASSESSMENT)
+    assert not passes(isheep_steps(ISheepConfig())["assess"].regex, ISHEEP_ASSESSMENT)
+
+
+def conforms(schema: dict, text: str) -> bool:
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), schema)
+        return True
+    except jsonschema.ValidationError:
+        return False
+
+
+def test_refed_lists_of_ten_and_long_improvement_records_pass_the_schemas_without_the_caps():
+    free, guarded = refed_steps(RefedConfig(max_list_items=None, max_instruction_chars=None)), refed_steps(RefedConfig())
+    ten = json.dumps({"instructions": [f"Write step {k} of a tea guide [water at 80°C], with a table:\n| a | b |"
+                                       for k in range(1, 11)]}, ensure_ascii=False)
+    assert conforms(free["generate"].json_schema, ten) and conforms(guarded["generate"].json_schema, ten)
+    record = parse_improve(IMPROVEMENT, {})[0]
+    assert record["improved"].startswith("Step 1 [setup]") and len(json.loads(record["analysis"])["relevant_feedback"]) == 8
+    assert conforms(free["improve"].json_schema, IMPROVEMENT)
+    assert not conforms(guarded["improve"].json_schema, IMPROVEMENT)
+    long_instruction = json.dumps({"instructions": ["Summarise this report: " + "word " * 400]})
+    assert len(parse_generated_instructions(long_instruction, {"ref_prompt": "x"}, None)) == 1
+    with pytest.raises(Rejection):  # the guard's cap drops it, and with it the reply's only instruction
+        parse_generated_instructions(long_instruction, {"ref_prompt": "x"}, 1500)

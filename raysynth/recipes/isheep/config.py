@@ -35,7 +35,8 @@ class AssessmentConfig(Strict):
     combine: Literal["min", "mean"] = Field(
         "min", description="level both: the score compared with the threshold; min: both must pass (our "
         "reading; the paper does not say), mean: their average")
-    max_explanation_chars: int = Field(200, ge=10, description="explanation before the scores, structured mode")
+    max_explanation_chars: int = Field(200, ge=10, description="explanation before the scores: one line of at most this, "
+                                       "structured mode with small_model_guards")
 
 
 class DataFilterConfig(Strict):

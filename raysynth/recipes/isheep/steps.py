@@ -106,9 +106,14 @@ def answer_format(level: str) -> str:
     return "Explanation: <one sentence>\n" + "\n".join(f"{a.capitalize()}: <1-10>" for a in ASPECTS[level])
 
 
-def assess_regex(level: str, max_explanation_chars: int) -> str:
-    return rf"Explanation: [^\n]{{10,{max_explanation_chars}}}" + "".join(
-        rf"\n{a.capitalize()}: (10|[1-9])" for a in ASPECTS[level])
+def assess_regex(level: str, max_explanation_chars: int, guards: bool = True) -> str:
+    """The explanation, then one score line per assessed aspect. With the small-model guards the
+    explanation is one line of at most `max_explanation_chars`; without them any text that does not
+    start the first score line (several lines, any length: what the parser needs is the scores)."""
+    scores = [rf"\n{a.capitalize()}: (10|[1-9])" for a in ASPECTS[level]]
+    explanation = (rf"[^\n]{{10,{max_explanation_chars}}}" if guards or not scores
+                   else text_without(f"\n{ASPECTS[level][0].capitalize()}:"))
+    return "Explanation: " + explanation + "".join(scores)
 
 
 def build_assess(row: dict[str, Any], template: str, guidance_text: str, level: str) -> Messages:
@@ -157,7 +162,8 @@ def isheep_steps(cfg: ISheepConfig) -> dict[str, LLMStep]:
         "assess": LLMStep("assess", RECIPE, PROMPTS, "assess",
                           lambda row, template: build_assess(row, template, text, assessment.level),
                           lambda reply, row: parse_assessment(reply, row, assessment.level), cfg.steps.assess,
-                          regex=assess_regex(assessment.level, assessment.max_explanation_chars),
+                          regex=assess_regex(assessment.level, assessment.max_explanation_chars,
+                                             cfg.small_model_guards),
                           params={"level": assessment.level, "prompt": assessment.prompt,
                                   "guidance_hash": text_hash(text), "chars": assessment.max_explanation_chars}),
     }

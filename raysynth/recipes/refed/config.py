@@ -43,8 +43,12 @@ class RefedConfig(Strict):
         "reference", description="reference: the reference's response feedback improves every answer (paper); the "
         "paper's ablations: instruction_only (no improvement step) and sample (feedback written on each answer)")
     max_list_items: int | None = Field(5, ge=1, description="feedback list items kept (subject areas, skills, "
-                                       "strengths, improvements): a small-model guard, the paper caps none; None: all")
-    max_instruction_chars: int = Field(1500, ge=10, description="longer generated instructions are dropped")
+                                       "strengths, improvements) and the improvement record's bounds (points per list, "
+                                       "300 characters a point, 600 the rationale): a small-model guard, the paper caps "
+                                       "none; None: all, unbounded")
+    max_instruction_chars: int | None = Field(1500, ge=10, description="longer generated instructions are dropped "
+                                              "(a small-model guard against runaway text; the paper caps none); "
+                                              "None: any length")
     diversity_filter: FilterConfig | None = Field(
         None, description="ROUGE-L diversity selection over new instructions, e.g. {rouge_l_max: 0.7}; None: off")
     judge_filter: bool = Field(False, description="keep a sample only when the judge prefers the improved response "

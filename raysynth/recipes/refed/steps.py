@@ -27,14 +27,17 @@ PROMPTS = Path(__file__).resolve().parent / "prompts"
 FEATURES = {row["feature"]: row for row in read_jsonl(PROMPTS / "features.jsonl")}
 
 
-# The authors' improvement record; lists bounded so that a reply leaves room for the response itself.
-_POINTS = string_array(1, 300, max_items=5)
-IMPROVE_SCHEMA = object_schema({
-    "analysis": object_schema({"original_strengths": _POINTS, "improvement_opportunities": _POINTS,
-                               "relevant_feedback": _POINTS}),
-    "implementation_strategy": object_schema({"planned_changes": _POINTS,
-                                              "rationale": {"type": "string", "maxLength": 600}}),
-    "improved_response": {"type": "string", "minLength": 1}})
+def improve_schema(max_items: int | None) -> dict[str, Any]:
+    """The authors' improvement record. With `max_list_items` set (the small-model guard) its lists
+    hold at most that many points of at most 300 characters and the rationale at most 600, so a small
+    model's reply leaves room for the improved response; without it only the record's shape is fixed."""
+    points = string_array(1, 300 if max_items is not None else None, max_items=max_items)
+    rationale = {"type": "string", **({"maxLength": 600} if max_items is not None else {})}
+    return object_schema({
+        "analysis": object_schema({"original_strengths": points, "improvement_opportunities": points,
+                                   "relevant_feedback": points}),
+        "implementation_strategy": object_schema({"planned_changes": points, "rationale": rationale}),
+        "improved_response": {"type": "string", "minLength": 1}})
 
 
 def bullets(items: Any) -> str:
@@ -76,11 +79,11 @@ def build_generate(row: dict[str, Any], template: str, count: int) -> Messages:
         feature_request=feature["request"], count=count)}]
 
 
-def generate_schema(count: int, max_chars: int) -> dict[str, Any]:
+def generate_schema(count: int, max_chars: int | None) -> dict[str, Any]:
     return object_schema({"instructions": string_array(10, max_chars, count, min_items=1)})
 
 
-def parse_generated_instructions(text: str, row: dict[str, Any], max_chars: int) -> list[dict[str, Any]]:
+def parse_generated_instructions(text: str, row: dict[str, Any], max_chars: int | None) -> list[dict[str, Any]]:
     """The reply's distinct new instructions, a row each: empty ones, over-long ones, copies of the
     reference and repeats (ignoring case and spacing) left out, and the last one of a reply cut short
     (it is cut too); none left is a rejection."""
@@ -92,7 +95,7 @@ def parse_generated_instructions(text: str, row: dict[str, Any], max_chars: int)
     rows = []
     for item in items:
         key = " ".join(item.lower().split())
-        if len(item) <= max_chars and key not in seen:
+        if (max_chars is None or len(item) <= max_chars) and key not in seen:
             seen.add(key)
             rows.append({"instruction": item, "json_repaired": repaired})
     if not rows:
@@ -155,5 +158,5 @@ def refed_steps(cfg: RefedConfig) -> dict[str, LLMStep]:
                             params={"count": cfg.instructions_per_feature, "max_chars": cfg.max_instruction_chars}),
         "answer": LLMStep("answer", RECIPE, PROMPTS, "answer", build_answer, parse_answer, s.answer),
         "improve": LLMStep("improve", RECIPE, PROMPTS, "improve_sample" if cfg.feedback == "sample" else "improve",
-                           build_improve, parse_improve, s.improve, json_schema=IMPROVE_SCHEMA),
+                           build_improve, parse_improve, s.improve, json_schema=improve_schema(items)),
     }
