@@ -133,15 +133,9 @@ def test_a_base_model_without_a_chat_template_trains_and_answers_on_plain_text(l
     from raysynth.engine import VLLMStage
     from raysynth.train import train_model
 
-    bare = tmp_path / "no-template"
-    bare.mkdir()
-    for item in Path(base_model).iterdir():
-        if item.name == "tokenizer_config.json":
-            config = json.loads(item.read_text())
-            config.pop("chat_template", None)
-            (bare / item.name).write_text(json.dumps(config))
-        elif item.name != "chat_template.jinja":
-            (bare / item.name).symlink_to(item)
+    from tiny_models import without_chat_template
+
+    bare = without_chat_template(Path(base_model), tmp_path / "no-template")
     assert AutoTokenizer.from_pretrained(bare).chat_template is None
     data = write_sft_data(tmp_path / "sft.parquet")
     model_dir = train_model(overfit_config("sft"), data, str(bare), str(bare), tmp_path / "out",

@@ -94,3 +94,19 @@ def build_shifted_head_copy(base: Path, path: Path) -> Path:
     weights["lm_head.weight"] = torch.roll(weights["model.embed_tokens.weight"], shifts=1, dims=0).contiguous()
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     return path
+
+
+def without_chat_template(base: Path, path: Path) -> Path:
+    """The model at `base` as a base model without a chat template (I-SHEEP's Llama-3 70B base):
+    the same weights (linked), a tokenizer config with no template."""
+    import json
+
+    path.mkdir(parents=True)
+    for item in Path(base).iterdir():
+        if item.name == "tokenizer_config.json":
+            config = json.loads(item.read_text())
+            config.pop("chat_template", None)
+            (path / item.name).write_text(json.dumps(config))
+        elif item.name != "chat_template.jinja":
+            (path / item.name).symlink_to(item)
+    return path

@@ -87,7 +87,7 @@ def run(cfg: ISheepRun) -> dict[str, Any]:
             histograms = score_histograms(assessed, s.assessment.level)
         if s.data_filter.kind != "none":
             stats = run_self_stats_stage(run_dir, t, "self-stats", kept, model, model_dir, s.data_filter, lineage,
-                                         cfg.engine.trust_remote_code)
+                                         cfg.engine.trust_remote_code, cfg.engine.prompt_format)
             kept = run_decision_stage(
                 run_dir, t, "data-filter", {"filter": s.data_filter.model_dump(mode="json"), "input": stats.name,
                                             "seed": cfg.seed},

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import ray
 
+from raysynth.engine import chat_token_ids
 from raysynth.faults import ACTOR_POOL_RETRIES
 from raysynth.hashing import stable_hash
 from raysynth.pipeline import Lineage, commit_decisions, run_stage
@@ -23,7 +24,8 @@ from raysynth.store import RunDir, StageDir
 class SelfStatsActor:
     """Callable class for `map_batches`: adds `perplexity` and `embedding` (or `stats_error`)."""
 
-    def __init__(self, model_dir: str, cfg: DataFilterConfig, trust_remote_code: bool = False):
+    def __init__(self, model_dir: str, cfg: DataFilterConfig, trust_remote_code: bool = False,
+                 prompt_format: str = "chat"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -35,13 +37,21 @@ class SelfStatsActor:
             model_dir, trust_remote_code=trust_remote_code,
             dtype=torch.bfloat16 if self.device == "cuda" else torch.float32).to(self.device).eval()
         self.max_length = cfg.max_length
+        self.prompt_format = prompt_format
 
     def _encode(self, prompt: str, response: str) -> tuple[list[int], int]:
-        """Token ids of the chat (user prompt, assistant response) and where the response starts."""
+        """Token ids of (user prompt, assistant response) and where the response starts: through the chat
+        template, or in the plain Alpaca-style form the engine and training give a model without one
+        (the response's tokens, then the end-of-sequence token, as TRL appends it)."""
         user = [{"role": "user", "content": prompt}]
-        head = self.tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True)
-        full = self.tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=True)
-        head, full = _ids(head), _ids(full)
+        if self.prompt_format == "plain":
+            head = chat_token_ids(self.tokenizer, user, "plain")
+            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+            full = head + self.tokenizer.encode(response, add_special_tokens=False) + eos
+        else:
+            head = _ids(self.tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True))
+            full = _ids(self.tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}],
+                                                           tokenize=True))
         if full[:len(head)] != head:
             raise ValueError("the chat template does not extend the prompt with the response")
         if len(full) > self.max_length:
@@ -104,10 +114,14 @@ def commit_stats(batch: pd.DataFrame, name: str, stage_dir: str, lineage: Lineag
 
 
 def run_self_stats_stage(run: RunDir, iteration: int, name: str, source: StageDir, model: str, model_dir: str,
-                         cfg: DataFilterConfig, lineage: Lineage, trust_remote_code: bool = False) -> StageDir:
-    """Perplexity and representation of every (prompt, response) row of `source` under `model`."""
+                         cfg: DataFilterConfig, lineage: Lineage, trust_remote_code: bool = False,
+                         prompt_format: str = "chat") -> StageDir:
+    """Perplexity and representation of every (prompt, response) row of `source` under `model`, in the
+    engine's prompt format."""
     identity = {"model": model, "input": source.name,
-                "stats": cfg.model_dump(mode="json", include={"max_length"})}
+                "stats": cfg.model_dump(mode="json", include={"max_length"}),
+                # Only when not the default, so that existing runs keep their stages.
+                **({"prompt_format": prompt_format} if prompt_format != "chat" else {})}
 
     def add_ops(ds, stage: StageDir):
         run.engines.release()  # the model's HF actors need the CPUs / GPUs the kept engines hold
@@ -115,7 +129,8 @@ def run_self_stats_stage(run: RunDir, iteration: int, name: str, source: StageDi
                             compute=ray.data.ActorPoolStrategy(min_size=cfg.concurrency[0], max_size=cfg.concurrency[1]),
                             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **ACTOR_POOL_RETRIES,
                             fn_constructor_kwargs={"model_dir": model_dir, "cfg": cfg,
-                                                   "trust_remote_code": trust_remote_code})
+                                                   "trust_remote_code": trust_remote_code,
+                                                   "prompt_format": prompt_format})
         return ds.map_batches(commit_stats, batch_format="pandas", batch_size=None, num_cpus=0.25,
                               fn_kwargs={"name": name, "stage_dir": str(stage.path), "lineage": lineage})
 

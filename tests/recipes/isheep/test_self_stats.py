@@ -29,3 +29,29 @@ def test_density_filters_sample_each_cluster():
     kept = [i for i, r in enumerate(sampled) if r is None]
     assert len(kept) == 4 and len([i for i in kept if i < 3]) == 2
     assert data_filter_reasons(frame, DataFilterConfig(kind="density", clusters=50), 0) == [None] * 6  # k capped
+
+
+def test_self_statistics_of_a_base_model_without_a_chat_template(tmp_path):
+    """The plain prompt format reaches the self-statistics: a base model without a chat template gets
+    the Alpaca-style prompt the engine and training give it (the response scored after it, then the
+    end-of-sequence token), where the chat form fails every row of such a model."""
+    import math
+    from pathlib import Path
+
+    from raysynth.engine import chat_token_ids
+    from raysynth.models import resolve_model
+    from raysynth.recipes.isheep.self_stats import SelfStatsActor
+    from tiny_models import without_chat_template
+
+    bare = without_chat_template(Path(resolve_model("smollm2-135m")), tmp_path / "base")
+    batch = pd.DataFrame({"id": ["a", "b"], "prompt": ["Name a fruit.", "Say hello."], "response": ["Apple.", "Hello!"]})
+    cfg = DataFilterConfig(kind="perplexity", num_cpus=1)
+    plain = SelfStatsActor(str(bare), cfg, prompt_format="plain")
+    ids, start = plain._encode("Name a fruit.", "Apple.")
+    assert ids[:start] == chat_token_ids(plain.tokenizer, [{"role": "user", "content": "Name a fruit."}], "plain")
+    assert plain.tokenizer.decode(ids[start:], skip_special_tokens=True) == "Apple." and ids[-1] == plain.tokenizer.eos_token_id
+    stats = plain(batch)
+    assert list(stats["stats_error"]) == ["", ""]
+    assert all(math.isfinite(p) and p > 1 for p in stats["perplexity"]) and len(stats["embedding"][0]) > 0
+    chat = SelfStatsActor(str(bare), cfg)(batch)
+    assert all(chat["stats_error"]), "the chat form needs a template this model lacks"
