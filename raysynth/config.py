@@ -369,6 +369,10 @@ class PromotionConfig(Strict):
                                  "without a promotion; None: run every iteration")
     max_minutes: float | None = Field(None, gt=0, description="stop before an iteration that would start "
                                       "after this many minutes of the run's process; None: no limit")
+    max_tokens: int | None = Field(None, ge=1, description="stop before an iteration once the run's stages have "
+                                   "generated this many tokens in all (every iteration's, evaluation included, "
+                                   "counted from the committed batches, so a resumed run counts what it resumed); "
+                                   "None: no limit")
 
 
 class RunHeader(Strict):

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from raysynth.config import PromotionConfig, RunHeader
 from raysynth.hashing import stable_hash
@@ -120,14 +120,25 @@ def next_policy(cfg: PromotionConfig, trained: str, champion: Contender) -> str:
     return champion.model if cfg.next_policy == "champion" else trained
 
 
-def stop_reason(cfg: PromotionConfig, without_promotion: int, started: float) -> str | None:
-    """Why the loop should stop before its next iteration, or None."""
+def stop_reason(cfg: PromotionConfig, without_promotion: int, started: float,
+                generated_tokens: Callable[[], int] = lambda: 0) -> str | None:
+    """Why the loop should stop before its next iteration, or None. `generated_tokens`: the run's
+    tokens so far (asked only when a token budget is set)."""
     if cfg.patience is not None and without_promotion >= cfg.patience:
         return f"stopped: {without_promotion} iterations in a row without a promotion (promotion.patience)"
     minutes = (time.time() - started) / 60
     if cfg.max_minutes is not None and minutes >= cfg.max_minutes:
         return f"stopped: {minutes:.1f} minutes spent (promotion.max_minutes: {cfg.max_minutes})"
+    if cfg.max_tokens is not None and (tokens := generated_tokens()) >= cfg.max_tokens:
+        return f"stopped: {tokens:,} tokens generated (promotion.max_tokens: {cfg.max_tokens:,})"
     return None
+
+
+def generated_tokens(run_dir: RunDir) -> int:
+    """Tokens the run's LLM stages have generated: a committed stage's manifest total, else the sum over
+    its committed batches."""
+    return sum(int(stage.manifest().get("tokens_out", 0)) if stage.committed else stage.stats().tokens_out
+               for stage in run_dir.stages())
 
 
 @dataclass
@@ -145,7 +156,8 @@ class Ladder:
     def stop(self) -> str | None:
         """Why the loop stops before its next iteration, or None: the iteration starts, and counts as
         one without a promotion until a candidate is promoted."""
-        reason = stop_reason(self.cfg.promotion, self.without_promotion, self.started)
+        reason = stop_reason(self.cfg.promotion, self.without_promotion, self.started,
+                             lambda: generated_tokens(self.run_dir))
         if reason is None:
             self.without_promotion += 1
         return reason

@@ -6,11 +6,12 @@ import math
 import time
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from raysynth.config import PromotionConfig
 from raysynth.eval.stats import difference, rate
-from raysynth.promotion import Contender, Ladder, gate, next_policy, stop_reason, versus
+from raysynth.promotion import Contender, Ladder, gate, generated_tokens, next_policy, stop_reason, versus
 from raysynth.registry import make_current, read_registry, record_decision, register_model
 from raysynth.store import RunDir
 from test_registry import cli
@@ -108,10 +109,34 @@ def test_stop_rules_and_the_next_policy(tmp_path):
     assert "2 iterations in a row without a promotion" in stop_reason(PromotionConfig(patience=2), 2, time.time())
     assert stop_reason(PromotionConfig(patience=2), 1, time.time()) is None
     assert "minutes spent" in stop_reason(PromotionConfig(max_minutes=1), 0, time.time() - 61)
+    assert stop_reason(PromotionConfig(max_tokens=1000), 0, time.time(), lambda: 999) is None
+    assert "1,000 tokens generated" in stop_reason(PromotionConfig(max_tokens=1000), 0, time.time(), lambda: 1000)
     # The loop's state object counts each started iteration until a promotion resets the count.
     ladder = Ladder(RunDir(tmp_path / "run"), SimpleNamespace(promotion=PromotionConfig(patience=2)), champion, "judge")
     assert ladder.stop() is None and ladder.stop() is None
     assert "2 iterations in a row without a promotion" in ladder.stop()
+
+
+def test_the_token_budget_counts_every_committed_batch_of_the_run(tmp_path):
+    """A committed stage counts its manifest's total; a stage cut short, its committed batches."""
+    from raysynth.pipeline import finish_stage, open_stage
+
+    run = RunDir(tmp_path / "run")
+
+    def stage(iteration: int, name: str, tokens: list[int], finish: bool) -> None:
+        opened = open_stage(run, iteration, name, {"n": name})
+        for k, out in enumerate(tokens):
+            rows = pd.DataFrame([{"id": f"{name}-{k}", "parent_id": ""}])
+            opened.commit_batch([f"{name}-{k}"], rows, pd.DataFrame(),
+                                {"rows_in": 1, "rows_out": 1, "rejected": {}, "tokens_in": 5, "tokens_out": out})
+        if finish:
+            finish_stage(run, opened, {"n": name}, len(tokens))
+
+    stage(1, "answer", [100, 200], finish=True)
+    stage(2, "critique", [50], finish=False)  # an interrupted stage: its committed batch counts
+    assert generated_tokens(run) == 350
+    ladder = Ladder(run, SimpleNamespace(promotion=PromotionConfig(max_tokens=300)), Contender("r", "/m", 0), "judge")
+    assert "350 tokens generated (promotion.max_tokens: 300)" in ladder.stop()
 
 
 def test_verdicts_statuses_and_the_timeline_in_the_registry(tmp_path):
