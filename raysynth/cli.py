@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 app = typer.Typer(
     help="raysynth: synthetic data for LLM self-improvement on Ray (Condor, SynPO, I-SHEEP, REFED).",
@@ -59,7 +60,7 @@ def _run_holding_the_lock(cfg, lock) -> None:
     import ray
 
     from raysynth.faults import StageFailed
-    from raysynth.pipeline import init_ray
+    from raysynth.pipeline import ENGINE_LOG, init_ray
     from raysynth.recipes import RECIPES
     from raysynth.status import print_status
     from raysynth.store import RUN_CONFIG, NothingKept, StopRequested, atomic_write_bytes
@@ -68,8 +69,8 @@ def _run_holding_the_lock(cfg, lock) -> None:
     started = time.time()
     log_file = cfg.run_dir / "logs" / "driver.log"
     init_ray(log_file)
-    typer.echo(f"Ray's and warnings' log lines: {log_file} (the engines' and workers' own logs: Ray's session "
-               "directory, /tmp/ray/session_latest/logs on a local run)")
+    typer.echo(f"Ray's and warnings' log lines: {log_file}; vLLM's: {log_file.parent / ENGINE_LOG} (the training "
+               "workers' own logs: Ray's session directory, /tmp/ray/session_latest/logs on a local run)")
     _one_message_per_failure()
     lock.note_ray_job(ray.get_runtime_context().get_job_id())
     try:
@@ -330,8 +331,19 @@ def swap(
     typer.echo(f"{run_dir / REGISTRY}: current -> {entry.name} ({entry.path})")
 
 
-models_app = typer.Typer(help="The models a run may serve (RUN_DIR/models.json): list them with their lineage, "
-                         "status and verdicts, register a directory.", no_args_is_help=True)
+class _ModelsGroup(TyperGroup):
+    """`raysynth models RUN_DIR` (no command named) lists the run's models, as `raysynth models list RUN_DIR`."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["list", *args]
+        return super().resolve_command(ctx, args)
+
+
+models_app = typer.Typer(cls=_ModelsGroup, no_args_is_help=True,
+                         help="The models a run may serve (RUN_DIR/models.json): list them with their lineage, "
+                         "status and verdicts (raysynth models RUN_DIR, or models list RUN_DIR), register a "
+                         "directory.")
 app.add_typer(models_app, name="models")
 
 

@@ -178,6 +178,7 @@ def test_models_promote_and_rollback_from_the_command_line(tmp_path):
     assert listed.returncode == 0, listed.stderr
     assert "r-iter-00 *" in listed.stdout and "rejected" in listed.stdout and "win rate 0.480" in listed.stdout
     assert "champion timeline" in listed.stdout and "abc123" in listed.stdout
+    assert cli("models", str(run)).stdout == listed.stdout  # the list without naming the command
 
     promoted = cli("promote", "r-iter-01", "--run-dir", str(run), "--reason", "a person read the answers")
     assert promoted.returncode == 0 and "champion -> r-iter-01" in promoted.stdout, promoted.stderr
