@@ -34,7 +34,7 @@ from raysynth.engine_pool import wait_until_ready
 from raysynth.faults import MachineryFailure, StageFailed, root_message
 from raysynth.hashing import id_hashes, row_id, stable_hash
 from raysynth.steps import LLMStep, Rejection
-from raysynth.store import LINEAGE, RunDir, StageDir
+from raysynth.store import LINEAGE, RunDir, StageDir, atomic_write_json
 
 # Templating, forwarding to an engine, parsing: a fraction of a CPU each, so they never wait
 # behind the engines' reserved CPUs.
@@ -56,8 +56,9 @@ class Lineage:
 
 def log_to_file(path: Path) -> None:
     """The driver's log lines (Ray's, Ray Data's) and Python warnings go to `path`, not the console,
-    which keeps our progress bars and tables. The actors' own logs (vLLM, training workers) never
-    reach the driver (`log_to_driver=False`): they stay in Ray's session directory."""
+    which keeps our progress bars and tables. The actors' own output never reaches the driver
+    (`log_to_driver=False`): vLLM's log lines go to engines.log beside `path` (`init_ray`), the rest
+    (training workers, stray prints) stays in Ray's session directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -80,16 +81,39 @@ def log_to_file(path: Path) -> None:
     logging.captureWarnings(True)
 
 
+ENGINE_LOG = "engines.log"
+
+
+def vllm_logging_config(log_dir: Path) -> Path:
+    """A logging config (Python's dictConfig, as JSON) that sends vLLM's log lines to
+    `log_dir/engines.log` instead of the process's stdout: vLLM reads it from VLLM_LOGGING_CONFIG_PATH
+    in every process it starts (engine actors, their engine-core processes). Beside the run dir's
+    driver log, on the storage every node reads."""
+    log_dir = log_dir.resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config = {"version": 1, "disable_existing_loggers": False,
+              "formatters": {"engine": {"format": "%(asctime)s %(levelname)s pid=%(process)d "
+                                                  "[%(filename)s:%(lineno)d] %(message)s"}},
+              "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_dir / ENGINE_LOG),
+                                    "formatter": "engine", "level": "INFO"}},
+              "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}}}
+    path = log_dir / "vllm-logging.json"
+    atomic_write_json(path, config)
+    return path
+
+
 def init_ray(log_file: Path | None = None) -> None:
     """Join the cluster in RAY_ADDRESS when set, otherwise start a local Ray; with `log_file`, the
-    driver logs there (`log_to_file`)."""
+    driver logs there (`log_to_file`) and the engines' vLLM lines go to engines.log beside it."""
+    env_vars = {"TOKENIZERS_PARALLELISM": "false"}
     if log_file is not None:
         log_to_file(log_file)
+        env_vars["VLLM_LOGGING_CONFIG_PATH"] = str(vllm_logging_config(log_file.parent))
     if not ray.is_initialized():
         # configure_logging=False: Ray's logger keeps no console handler and passes its lines on to
-        # the file's handler.
+        # the file's handler. The job's env_vars reach every actor (merged with an actor's own).
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=log_file is None,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+                 runtime_env={"env_vars": env_vars})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar per stage from the driver instead of one per operator
     # Parquet through Ray Data's V1 datasource: it streams a block per row group from the first

@@ -120,14 +120,19 @@ def test_synthesis_improves_judges_trains_and_evaluates(refed_run):
         assert strict["low"] <= strict["value"] <= strict["high"] and strict["n"] == 4
 
 
-def test_the_console_leaves_ray_log_lines_to_the_run_s_log_file(refed_run):
+def test_the_console_leaves_ray_and_vllm_log_lines_to_the_run_s_log_files(refed_run):
     """Ray's own lines ("<time>\tINFO worker.py:2029 -- Started a local Ray instance") go to
-    logs/driver.log; the console keeps raysynth's lines."""
+    logs/driver.log, vLLM's ("INFO 12-02 16:40:42 [model.py:733] Resolved architecture: ...") to
+    logs/engines.log; the console keeps raysynth's lines."""
     ray_line = re.compile(r"\t(DEBUG|INFO|WARNING) \S+\.py:\d+ -- ")
-    assert not ray_line.search(refed_run["console"]), refed_run["console"][-3000:]
+    vllm_line = re.compile(r"(DEBUG|INFO|WARNING) \d\d-\d\d \d\d:\d\d:\d\d \[\S+\.py:\d+\]")
+    for line in (ray_line, vllm_line):
+        assert not line.search(refed_run["console"]), refed_run["console"][-3000:]
     log_file = refed_run["run_dir"] / "logs" / "driver.log"
     assert "Started a local Ray instance" in log_file.read_text()
     assert str(log_file) in refed_run["console"]  # its path, printed once
+    engines = (refed_run["run_dir"] / "logs" / "engines.log").read_text()
+    assert "Resolved architecture" in engines and re.search(r" INFO pid=\d+ \[\S+\.py:\d+\] ", engines)
 
 
 def test_report_shows_references_rates_and_ifeval(refed_run):
@@ -140,18 +145,31 @@ def test_report_shows_references_rates_and_ifeval(refed_run):
     assert "judge keep rate" in (run_dir / "summary.md").read_text()
 
 
-def test_the_seed_only_baseline_trains_on_the_references_alone(tmp_path):
-    """The paper's seed-only baseline: SFT on the curated references, no feedback or synthesis."""
+def test_the_seed_only_baseline_trains_the_student_on_the_references_alone(tmp_path):
+    """The paper's seed-only baseline: SFT on the curated references, no feedback or synthesis; with
+    `student_model` set (the paper's student: a second, tiny model here), SFT starts from the student
+    and the registered model has the student's shape."""
+    from transformers import AutoConfig
+
+    from raysynth.models import resolve_model
+    from tiny_models import build_tiny_causal_lm
+
     config = tmp_path / "seed-only.yaml"
     config.write_text(TINY_REFED.format(run_dir=tmp_path / "run", pairrm="unused"))
-    run_raysynth("run", str(config), "--set", "refed.training_data=references", "--set", "eval=null")
+    student = build_tiny_causal_lm(tmp_path / "student", resolve_model("smollm2-135m"))
+    run_raysynth("run", str(config), "--set", "refed.training_data=references", "--set", "eval=null",
+                 "--set", f"student_model={student}", "--set", "train.max_length=128")
     run_dir = tmp_path / "run"
     assert [s.name.rsplit("-", 1)[0] for s in RunDir(run_dir).stages()] == ["references"]
     sft = pd.read_json(run_dir / "iter-01" / "sft" / "sft.jsonl", lines=True)
     references = RunDir(run_dir).stages()[0].read(["ref_prompt", "ref_output"])
     assert sorted(sft["messages"].map(lambda m: (m[0]["content"], m[1]["content"]))) == sorted(
         zip(references["ref_prompt"], references["ref_output"]))
-    assert read_registry(run_dir).current == "refed-iter-01"
+    registry = read_registry(run_dir)
+    assert registry.current == "refed-iter-01"
+    trained = AutoConfig.from_pretrained(registry.current_entry().path)
+    assert (trained.num_hidden_layers, trained.hidden_size) == (2, 64)  # the student's, not SmolLM2's
+    assert json.loads((Path(registry.current_entry().path).parent / "_train.json").read_text())["model"] == str(student)
 
 
 def test_sample_level_feedback_runs_on_each_answer(local_ray, tmp_path):
