@@ -41,6 +41,21 @@ def test_feedback_parsing_cleans_and_limits_lists():
         parse_instruction_feedback('{"subject_areas": [" "], "skills": ["x"]}', {}, 5)
 
 
+def test_response_feedback_judges_on_the_paper_s_criteria():
+    """The paper's response feedback rates a reference on content (accuracy, depth), communication
+    (clarity, structure, tone) and fit to the instruction, then names strengths and improvements:
+    both the reference's and, in the sample-level ablation, each answer's."""
+    for name, row in (("reference_feedback", REFERENCE),
+                      ("sample_feedback", {"instruction": "Name a fruit.", "response": "Apple."})):
+        step = refed_steps(RefedConfig())[name]
+        [message] = step.build(row, step.template)
+        prompt = message["content"]
+        assert (row.get("ref_prompt") or row["instruction"]) in prompt
+        for criterion in ("Content:", "accurate", "depth", "Communication:", "clear", "structured", "tone",
+                          "Fit to the instruction:", "scope", "strengths", "improvements"):
+            assert criterion in prompt, (name, criterion)
+
+
 def test_generation_asks_for_all_instructions_of_one_feature_at_once():
     step = refed_steps(RefedConfig(instructions_per_feature=10))["generate"]
     assert step.sampling.n == 1 and step.json_schema["properties"]["instructions"]["maxItems"] == 10

@@ -129,7 +129,9 @@ def test_report_shows_prompts_pairs_loss_and_metrics(synpo_run):
 
 def test_sampling_ranking_pairs_best_and_worst_sample(local_ray, tmp_path):
     """The sampling-ranking baseline's stages on the real engine: n samples, each judged against
-    sample 0 in both orders, best vs worst per prompt."""
+    sample 0 in both orders, best vs worst per prompt: the expected best and worst are those of the
+    judge's own verdicts (each sample's gap against sample 0, recorded by the scores stage; sample 0
+    itself at 0)."""
     from raysynth.pipeline import Lineage, write_source_stage
     from raysynth.recipes.synpo.config import SynpoRun
     from raysynth.recipes.synpo.recipe import ranked_pairs
@@ -151,6 +153,12 @@ def test_sampling_ranking_pairs_best_and_worst_sample(local_ray, tmp_path):
     assert manifest["rows_out"] >= 1, manifest
     for row in pairs.read().to_dict("records"):
         assert row["score_gap"] >= 0 and row["chosen"] and row["rejected"]
+        verdicts = scored[scored["prompt"] == row["prompt"]]
+        ranked = [(0.0, str(verdicts.iloc[0]["reference"]))]
+        ranked += list(zip(verdicts["score_gap"].astype(float), verdicts["response"].astype(str)))
+        best, worst = max(gap for gap, _ in ranked), min(gap for gap, _ in ranked)
+        assert (pytest.approx(best), row["chosen"]) in ranked and (pytest.approx(worst), row["rejected"]) in ranked
+        assert row["score_gap"] == pytest.approx(best - worst)
 
 
 @pytest.mark.parametrize("kind", ["reward_model", "pairrm"])
