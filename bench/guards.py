@@ -1,21 +1,23 @@
-"""Structured outputs on the embedded model, three ways, for each step whose grammar `small_model_guards`
-changes (Condor's question, critique and refine, I-SHEEP's instruction generation), in one run:
+"""Structured outputs on the embedded model, three ways, for each step whose grammar the small-model
+guards change (Condor's question, critique and refine, I-SHEEP's instruction generation and
+self-assessment: `small_model_guards`; REFED's improvement record: `max_list_items`), in one run:
 
   guarded     the grammar holds the markers and the content (one line, capital first letter, no
-              brackets, length caps): `small_model_guards: true`, the default
-  markers     the grammar holds only the markers the parser needs: `small_model_guards: false`, as in
-              jobs/*.yaml
+              brackets, length caps): `small_model_guards: true` / `max_list_items: 5`, the defaults
+  markers     the grammar holds only the markers (or the JSON shape) the parser needs:
+              `small_model_guards: false` / `max_list_items: null`, as in jobs/*.yaml
   free+retry  no grammar; the inputs whose reply did not parse are asked once more with the guarded
               grammar (measured here; not a mode of the pipeline)
 
 Every way answers the same fixed inputs (made once beforehand: Condor requests drawn from the shipped
 tag tree x the seven task types, answers and critiques made with the guarded steps, I-SHEEP requests
-from the seed tasks). Per step and way: the parse rate (inputs with a parsed reply, bootstrap 95%
+from the seed tasks and its assessments of the seed tasks' own answers, REFED improvements of the
+shipped references' answers with the guarded feedback written on them). Per step and way: the parse rate (inputs with a parsed reply, bootstrap 95%
 interval), generated tokens/s (the stage's tokens over its seconds, Ray Data included), and seconds
 per parsed input, the cost a default should minimise. Before any measured stage the engine is loaded
 and each way's step runs once on one input (untimed), so no grammar is compiled in a measured stage.
 
-    .venv/bin/python bench/guards.py [--rows 16] [--out bench/results-guards.txt]
+    .venv/bin/python bench/guards.py [--rows 16] [--steps isheep/assess,refed/improve] [--out bench/results-guards.txt]
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from raysynth.recipes.condor.config import CONDOR_TASK_TYPES, CondorConfig
 from raysynth.recipes.condor.recipe import example_questions, load_tag_tree, tag_task_rows
 from raysynth.recipes.condor.steps import condor_steps
 from raysynth.recipes.isheep.config import ISheepConfig
-from raysynth.recipes.isheep.steps import generation_requests, isheep_steps
+from raysynth.recipes.isheep.steps import generation_requests, isheep_steps, task_prompt
+from raysynth.recipes.refed.config import RefedConfig
+from raysynth.recipes.refed.recipe import reference_rows
+from raysynth.recipes.refed.steps import refed_steps
 from raysynth.shipped import seed_tasks
 from raysynth.steps import LLMStep
 from raysynth.store import RunDir, StageDir
@@ -49,9 +54,10 @@ WAYS = ("guarded", "markers", "free+retry")
 
 def format_steps(guards: bool) -> dict[str, LLMStep]:
     condor = condor_steps(CondorConfig(small_model_guards=guards))
+    isheep = isheep_steps(ISheepConfig(small_model_guards=guards))
     return {"condor/question": condor["question"], "condor/critique": condor["critique"],
-            "condor/refine": condor["refine"],
-            "isheep/generate": isheep_steps(ISheepConfig(small_model_guards=guards))["generate"]}
+            "condor/refine": condor["refine"], "isheep/generate": isheep["generate"], "isheep/assess": isheep["assess"],
+            "refed/improve": refed_steps(RefedConfig(max_list_items=5 if guards else None))["improve"]}
 
 
 def named(step: LLMStep, way: str, structured: bool = True) -> LLMStep:
@@ -73,21 +79,35 @@ class Bench:
     def stage(self, step: LLMStep, source: StageDir) -> StageDir:
         return run_llm_stage(self.run, 1, step, source, self.engine, self.model_dir, LINEAGE)
 
-    def inputs(self, rows: int, seed: int) -> dict[str, StageDir]:
-        """The fixed inputs of each measured step, made with the guarded steps (untimed)."""
-        guarded = format_steps(True)
-        requests = tag_task_rows(load_tag_tree(None), CONDOR_TASK_TYPES, None, seed, example_questions(None), 3)
-        requests = random.Random(seed).sample(requests, rows)
-        questions = self.stage(named(guarded["condor/question"], "prep"), source_of(self.run, "prep-requests", requests))
-        answer = condor_steps(CondorConfig())["answer"]
-        first = questions.read().sort_values("id").head(rows).to_dict("records")
-        answers = self.stage(replace(answer, name="answer-prep"), source_of(self.run, "prep-questions", first))
-        critiques = self.stage(named(guarded["condor/critique"], "prep"), answers)
-        isheep = generation_requests(seed_tasks(None), rows, ISheepConfig().icl_examples, seed, 1)
-        return {"condor/question": source_of(self.run, "in-question", requests),
-                "condor/critique": source_of(self.run, "in-critique", answers.read().to_dict("records")),
-                "condor/refine": source_of(self.run, "in-refine", critiques.read().to_dict("records")[:rows]),
-                "isheep/generate": source_of(self.run, "in-generate", isheep)}
+    def inputs(self, rows: int, seed: int, wanted: list[str]) -> dict[str, StageDir]:
+        """The fixed inputs of each wanted step, made with the guarded steps (untimed)."""
+        guarded, made = format_steps(True), {}
+        if any(key.startswith("condor/") for key in wanted):
+            requests = tag_task_rows(load_tag_tree(None), CONDOR_TASK_TYPES, None, seed, example_questions(None), 3)
+            requests = random.Random(seed).sample(requests, rows)
+            questions = self.stage(named(guarded["condor/question"], "prep"),
+                                   source_of(self.run, "prep-requests", requests))
+            answer = condor_steps(CondorConfig())["answer"]
+            first = questions.read().sort_values("id").head(rows).to_dict("records")
+            answers = self.stage(replace(answer, name="answer-prep"), source_of(self.run, "prep-questions", first))
+            critiques = self.stage(named(guarded["condor/critique"], "prep"), answers)
+            made |= {"condor/question": source_of(self.run, "in-question", requests),
+                     "condor/critique": source_of(self.run, "in-critique", answers.read().to_dict("records")),
+                     "condor/refine": source_of(self.run, "in-refine", critiques.read().to_dict("records")[:rows])}
+        tasks = seed_tasks(None)
+        made["isheep/generate"] = source_of(self.run, "in-generate",
+                                            generation_requests(tasks, rows, ISheepConfig().icl_examples, seed, 1))
+        made["isheep/assess"] = source_of(self.run, "in-assess", [
+            {"prompt": task_prompt(t["instruction"], t["input"]), "response": t["output"]}
+            for t in random.Random(seed).sample(tasks, rows)])
+        if "refed/improve" in wanted:
+            feedback = self.stage(replace(refed_steps(RefedConfig())["reference_feedback"], name="feedback-prep"),
+                                  source_of(self.run, "prep-references", reference_rows(None, rows)))
+            made["refed/improve"] = source_of(self.run, "in-improve", [
+                {"instruction": row["ref_prompt"], "response": row["ref_output"],
+                 "strengths": [str(v) for v in row["strengths"]], "improvements": [str(v) for v in row["improvements"]]}
+                for row in feedback.read().to_dict("records")])
+        return made
 
     def measure(self, step: LLMStep, source: StageDir, retry: LLMStep | None) -> dict[str, Any]:
         """One way on one step: per input 1 (a reply parsed) or 0, tokens and seconds; with `retry`,
@@ -113,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=16, help="inputs per step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", default=",".join(format_steps(True)), help="comma-separated steps to measure "
+                        "(default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results-guards.txt"))
     args = parser.parse_args()
     os.environ["RAYSYNTH_NO_PROGRESS"] = "1"
@@ -120,7 +142,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(RunDir(Path(tmp) / "run"), EngineConfig())
-        inputs = bench.inputs(args.rows, args.seed)  # also loads and warms the engine
+        wanted = args.steps.split(",")
+        unknown = set(wanted) - set(format_steps(True))
+        if unknown:
+            parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join(format_steps(True))}")
+        inputs = {k: v for k, v in bench.inputs(args.rows, args.seed, wanted).items() if k in wanted}
         guarded, markers = format_steps(True), format_steps(False)
         for key, source in inputs.items():  # warm-up: every grammar compiled once
             one = source_of(bench.run, f"warm-{key.replace('/', '-')}", source.read().head(1).to_dict("records"))
@@ -149,7 +175,8 @@ def main() -> None:
             interval = f"{parse['value']:.0%} ({parse['low']:.0%}-{parse['high']:.0%})"
             lines.append(f"{key:17} {way:11} {str(parsed) + '/' + str(parse['n']):>7} {interval:17} "
                          f"{r['tokens'] / max(r['seconds'], 1e-9):6.1f} {per_parsed} {r['retried']:8}")
-    write_results(args.out, f"python bench/guards.py --rows {args.rows} --seed {args.seed}", lines,
+    steps = "" if args.steps == ",".join(format_steps(True)) else f" --steps {args.steps}"
+    write_results(args.out, f"python bench/guards.py --rows {args.rows} --seed {args.seed}{steps}", lines,
                   ["parse rate: inputs with at least one parsed reply; s/parsed: the way's stage seconds (the retry "
                    "stage's included) per parsed input"], summary="one run of each way, in turn (tok/s carry one "
                   "measurement's noise; the parse rates carry their intervals)")

@@ -4,8 +4,8 @@ interrupted at about half and resumed, in one run.
 The interruption is what a killed driver leaves: the stage uncommitted, every other batch's marker and
 part gone (half the rows to redo, spread over the whole input). For each side: seconds to the first new
 committed batch (the resume's start-up: reading the markers, hashing the committed ids, the filter),
-total seconds, and the driver's own memory growth (peak RSS during the stage minus RSS at its start;
-Ray's processes excluded). Rounds alternate the order of the sides, after a warm-up; median (min-max).
+total seconds, and the driver's own memory: its growth (peak RSS during the stage minus RSS at its
+start) and its peak RSS (Ray's processes excluded). Rounds alternate the order of the sides, after a warm-up; median (min-max).
 Targets: driver memory growth on resume < 2x fresh; the resume's start-up < 10% of the fresh stage's time.
 
     .venv/bin/python bench/resume.py [--rows 1000000] [--repeats 3] [--out bench/results-resume.txt]
@@ -57,7 +57,8 @@ def timed(run: RunDir, source: StageDir, rows: int, cfg: KeywordConfig, name: st
         started = time.time()
         run_keyword_sample(run, 1, source, rows, cfg, 0, Lineage("bench", 1, "-"), name=name)
         ended = time.time()
-    return {"first_s": (first.at or ended) - started, "total_s": ended - started, "growth_mib": memory.growth / 2**20}
+    return {"first_s": (first.at or ended) - started, "total_s": ended - started, "growth_mib": memory.growth / 2**20,
+            "peak_mib": memory.peak / 2**20}
 
 
 def main() -> None:
@@ -114,7 +115,8 @@ def main() -> None:
         r = results[side]
         lines.append(f"  {side:7}: first new batch {spread([x['first_s'] for x in r], '{:.1f}')} s, total "
                      f"{spread([x['total_s'] for x in r], '{:.1f}')} s, driver memory growth "
-                     f"{spread([x['growth_mib'] for x in r], '{:.0f}')} MiB")
+                     f"{spread([x['growth_mib'] for x in r], '{:.0f}')} MiB, driver peak "
+                     f"{spread([x['peak_mib'] for x in r], '{:.0f}')} MiB")
     fresh_total = statistics.median(x["total_s"] for x in results["fresh"])
     resume_first = statistics.median(x["first_s"] for x in results["resume"])
     fresh_first = statistics.median(x["first_s"] for x in results["fresh"])
@@ -122,10 +124,12 @@ def main() -> None:
     lines.append(f"  resume start-up / fresh stage time: {resume_first / fresh_total:.1%} (target < 10%)")
     lines.append(f"  of which the resume's own (its first new batch minus a fresh stage's first batch: reading the "
                  f"markers, the hashes, the filter): {(resume_first - fresh_first) / fresh_total:.1%}")
+    peak = [statistics.median(x["peak_mib"] for x in results[side]) for side in ("fresh", "resume")]
     lines.append(f"  driver growth resume / fresh: {growth[1] / max(growth[0], 1):.2f}x (target < 2x)")
+    lines.append(f"  driver peak memory resume / fresh: {peak[1] / peak[0]:.2f}x (target < 2x)")
     write_results(args.out, f"python bench/resume.py --rows {args.rows} --repeats {args.repeats}", lines,
-                  ["driver memory growth: the driver process's peak RSS during the stage minus its RSS at the start "
-                   "(Ray's processes excluded)"])
+                  ["driver memory growth: the driver process's peak RSS during the stage minus its RSS at the start; "
+                   "driver peak: that peak RSS itself (Ray's processes excluded from both)"])
 
 
 if __name__ == "__main__":
