@@ -11,7 +11,7 @@ self-assessment: `small_model_guards`; REFED's improvement record: `max_list_ite
 
 Every way answers the same fixed inputs (made once beforehand: Condor requests drawn from the shipped
 tag tree x the seven task types, answers and critiques made with the guarded steps, I-SHEEP requests
-from the seed tasks and its assessments of the seed tasks' own answers, REFED improvements of the
+from the seed tasks and its assessments of the shipped Alpaca pairs' answers, REFED improvements of the
 shipped references' answers with the guarded feedback written on them). Per step and way: the parse rate (inputs with a parsed reply, bootstrap 95%
 interval), generated tokens/s (the stage's tokens over its seconds, Ray Data included), and seconds
 per parsed input, the cost a default should minimise. Before any measured stage the engine is loaded
@@ -39,11 +39,11 @@ from raysynth.recipes.condor.config import CONDOR_TASK_TYPES, CondorConfig
 from raysynth.recipes.condor.recipe import example_questions, load_tag_tree, tag_task_rows
 from raysynth.recipes.condor.steps import condor_steps
 from raysynth.recipes.isheep.config import ISheepConfig
-from raysynth.recipes.isheep.steps import generation_requests, isheep_steps, task_prompt
+from raysynth.recipes.isheep.steps import generation_requests, isheep_steps
 from raysynth.recipes.refed.config import RefedConfig
 from raysynth.recipes.refed.recipe import reference_rows
 from raysynth.recipes.refed.steps import refed_steps
-from raysynth.shipped import seed_tasks
+from raysynth.shipped import seed_pairs, seed_tasks
 from raysynth.steps import LLMStep
 from raysynth.store import RunDir, StageDir
 
@@ -98,8 +98,7 @@ class Bench:
         made["isheep/generate"] = source_of(self.run, "in-generate",
                                             generation_requests(tasks, rows, ISheepConfig().icl_examples, seed, 1))
         made["isheep/assess"] = source_of(self.run, "in-assess", [
-            {"prompt": task_prompt(t["instruction"], t["input"]), "response": t["output"]}
-            for t in random.Random(seed).sample(tasks, rows)])
+            {"prompt": pair["prompt"], "response": pair["gold"]} for pair in seed_pairs(None, rows)])
         if "refed/improve" in wanted:
             feedback = self.stage(replace(refed_steps(RefedConfig())["reference_feedback"], name="feedback-prep"),
                                   source_of(self.run, "prep-references", reference_rows(None, rows)))
