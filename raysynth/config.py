@@ -155,7 +155,9 @@ class JudgeConfig(Strict):
 
     pointwise: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=96)
     pairwise: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=96)
-    max_explanation_chars: int = Field(200, ge=10, description="explanation before the verdict, structured mode")
+    max_explanation_chars: int = Field(200, ge=10, description="explanation before the verdict: one line of at "
+                                       "most this, structured mode with small_model_guards")
+    small_model_guards: bool = guards_field()
 
 
 # SynPO's gap thresholds (appendix C.3): 0.20 for PairRM scores, 0.02 for ArmoRM scores.

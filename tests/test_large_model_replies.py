@@ -1,6 +1,6 @@
 """Replies shaped like a 7B model's (questions that carry material over several lines, Chinese
 questions, answers with brackets and code blocks, critiques with numbered points, self-assessments
-that explain over several lines, REFED lists of ten and long improvement records): every one parses, and with `small_model_guards: false` every one also passes the step's
+and judge verdicts that explain over several lines, REFED lists of ten and long improvement records): every one parses, and with `small_model_guards: false` every one also passes the step's
 structured-output pattern, so the constraint never distorts such data. With the guards on, the
 same replies are refused by the patterns: the guards are for the 135M model."""
 
@@ -139,3 +139,20 @@ def test_refed_lists_of_ten_and_long_improvement_records_pass_the_schemas_withou
     assert len(parse_generated_instructions(long_instruction, {"ref_prompt": "x"}, None)) == 1
     with pytest.raises(Rejection):  # the guard's cap drops it, and with it the reply's only instruction
         parse_generated_instructions(long_instruction, {"ref_prompt": "x"}, 1500)
+
+
+JUDGE_VERDICT = """Explanation: Both answers name a fruit, but:
+1. A adds a [citation] that is made up;
+2. B gives a short, correct list: `apple`, `pear`.
+Winner: B"""
+
+
+def test_judge_verdicts_over_several_lines_parse_and_pass_the_unguarded_pattern():
+    from raysynth.config import JudgeConfig
+    from raysynth.steps.judge import judge_steps, parse_winner
+
+    assert parse_winner(JUDGE_VERDICT) == "B"
+    free, guarded = judge_steps(JudgeConfig(small_model_guards=False)), judge_steps(JudgeConfig())
+    assert passes(free["pairwise"].regex, JUDGE_VERDICT) and not passes(guarded["pairwise"].regex, JUDGE_VERDICT)
+    score = JUDGE_VERDICT.replace("Winner: B", "Score: 7")
+    assert passes(free["pointwise"].regex, score) and not passes(guarded["pointwise"].regex, score)

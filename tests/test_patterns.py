@@ -44,7 +44,8 @@ def every_step() -> list[tuple[str, object]]:
     steps += [(f"isheep guards={g}/{k}", s) for g in (True, False) for k, s in
               isheep_steps(ISheepConfig(small_model_guards=g)).items()]
     steps += [(f"refed items={n}/{k}", s) for n in (5, None) for k, s in refed_steps(RefedConfig(max_list_items=n)).items()]
-    steps += [(f"judge/{k}", s) for k, s in judge_steps(JudgeConfig()).items()]
+    steps += [(f"judge guards={g}/{k}", s) for g in (True, False)
+              for k, s in judge_steps(JudgeConfig(small_model_guards=g)).items()]
     steps += [(f"synpo/{k}", s) for k, s in synpo_steps(SynpoConfig()).items()]
     return [(name, step) for name, step in steps if step.regex or step.json_schema]
 

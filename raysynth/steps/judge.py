@@ -18,6 +18,7 @@ import pandas as pd
 
 from raysynth.config import JudgeConfig
 from raysynth.steps import SHARED_PROMPTS, LLMStep, Messages, Rejection
+from raysynth.steps.patterns import text_without
 
 RECIPE = "judge"
 PROMPTS = SHARED_PROMPTS / RECIPE
@@ -55,8 +56,14 @@ def parse_pointwise(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"judge_score": parse_score(text), "judge_reply": text.strip()}]
 
 
-def pointwise_regex(max_explanation_chars: int) -> str:
-    return rf"Explanation: [^\n]{{10,{max_explanation_chars}}}\nScore: (10|[1-9])"
+def explanation_regex(max_explanation_chars: int, guards: bool, verdict_marker: str) -> str:
+    """The explanation before the verdict line: one line of at most `max_explanation_chars` with the
+    small-model guards, else any text up to the verdict's marker (what the parser needs)."""
+    return rf"[^\n]{{10,{max_explanation_chars}}}" if guards else text_without(verdict_marker)
+
+
+def pointwise_regex(max_explanation_chars: int, guards: bool = True) -> str:
+    return f"Explanation: {explanation_regex(max_explanation_chars, guards, chr(10) + 'Score:')}" + r"\nScore: (10|[1-9])"
 
 
 def pairwise_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,8 +95,8 @@ def parse_pairwise(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"judge_winner": original, "judge_reply": text.strip()}]
 
 
-def pairwise_regex(max_explanation_chars: int) -> str:
-    return rf"Explanation: [^\n]{{10,{max_explanation_chars}}}\nWinner: (A|B)"
+def pairwise_regex(max_explanation_chars: int, guards: bool = True) -> str:
+    return f"Explanation: {explanation_regex(max_explanation_chars, guards, chr(10) + 'Winner:')}" + r"\nWinner: (A|B)"
 
 
 def combine_pairwise(verdicts: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +127,8 @@ def judge_steps(cfg: JudgeConfig) -> dict[str, LLMStep]:
     chars = cfg.max_explanation_chars
     return {
         "pointwise": LLMStep("judge-pointwise", RECIPE, PROMPTS, "pointwise", build_pointwise, parse_pointwise,
-                             cfg.pointwise, regex=pointwise_regex(chars), params={"chars": chars}),
+                             cfg.pointwise, regex=pointwise_regex(chars, cfg.small_model_guards),
+                             params={"chars": chars}),
         "pairwise": LLMStep("judge-pairwise", RECIPE, PROMPTS, "pairwise", build_pairwise, parse_pairwise,
-                            cfg.pairwise, regex=pairwise_regex(chars), params={"chars": chars}),
+                            cfg.pairwise, regex=pairwise_regex(chars, cfg.small_model_guards), params={"chars": chars}),
     }
