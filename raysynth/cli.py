@@ -335,7 +335,7 @@ class _ModelsGroup(TyperGroup):
     """`raysynth models RUN_DIR` (no command named) lists the run's models, as `raysynth models list RUN_DIR`."""
 
     def resolve_command(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+        if args and args[0] not in self.commands and Path(args[0]).is_dir():
             args = ["list", *args]
         return super().resolve_command(ctx, args)
 

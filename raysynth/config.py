@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+                      model_serializer, model_validator)
 
 
 class Strict(BaseModel):
@@ -158,6 +158,15 @@ class JudgeConfig(Strict):
     max_explanation_chars: int = Field(200, ge=10, description="explanation before the verdict: one line of at "
                                        "most this, structured mode with small_model_guards")
     small_model_guards: bool = guards_field()
+
+    @model_serializer(mode="wrap")
+    def _guards_only_when_off(self, handler: Any) -> dict[str, Any]:
+        """The field is left out of a dump while on (its default): stage identities hold this config
+        (through a scorer's), and runs from before the field keep their stages' names."""
+        data = handler(self)
+        if self.small_model_guards:
+            data.pop("small_model_guards", None)
+        return data
 
 
 # SynPO's gap thresholds (appendix C.3): 0.20 for PairRM scores, 0.02 for ArmoRM scores.

@@ -95,7 +95,8 @@ def vllm_logging_config(log_dir: Path) -> Path:
               "formatters": {"engine": {"format": "%(asctime)s %(levelname)s pid=%(process)d "
                                                   "[%(filename)s:%(lineno)d] %(message)s"}},
               "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_dir / ENGINE_LOG),
-                                    "formatter": "engine", "level": "INFO"}},
+                                    # opened at the first line, not when vLLM is imported
+                                    "delay": True, "formatter": "engine", "level": "INFO"}},
               "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}}}
     path = log_dir / "vllm-logging.json"
     atomic_write_json(path, config)

@@ -67,12 +67,12 @@ ISHEEP_ASSESSMENT = """Explanation: The response converts the table [two rows] c
 Quality: 7
 Following: 6"""
 
-TEN_POINTS = [f"Point {k}: the answer's step {k} [as written] could name the tool, e.g. `pip install x`." * 4
+EIGHT_POINTS = [f"Point {k}: the answer's step {k} [as written] could name the tool, e.g. `pip install x`." * 4
               for k in range(1, 9)]
 IMPROVEMENT = json.dumps({
-    "analysis": {"original_strengths": TEN_POINTS, "improvement_opportunities": TEN_POINTS,
-                 "relevant_feedback": TEN_POINTS},
-    "implementation_strategy": {"planned_changes": TEN_POINTS, "rationale": "Because " * 200},
+    "analysis": {"original_strengths": EIGHT_POINTS, "improvement_opportunities": EIGHT_POINTS,
+                 "relevant_feedback": EIGHT_POINTS},
+    "implementation_strategy": {"planned_changes": EIGHT_POINTS, "rationale": "Because " * 200},
     "improved_response": "Step 1 [setup]:\n```sh\npip install x\n```\nStep 2: run it."}, ensure_ascii=False)
 
 

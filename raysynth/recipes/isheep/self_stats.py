@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import ray
 
-from raysynth.engine import chat_token_ids
+from raysynth.engine import plain_prompt
 from raysynth.faults import ACTOR_POOL_RETRIES
 from raysynth.hashing import stable_hash
 from raysynth.pipeline import Lineage, commit_decisions, run_stage
@@ -42,12 +42,13 @@ class SelfStatsActor:
     def _encode(self, prompt: str, response: str) -> tuple[list[int], int]:
         """Token ids of (user prompt, assistant response) and where the response starts: through the chat
         template, or in the plain Alpaca-style form the engine and training give a model without one
-        (the response's tokens, then the end-of-sequence token, as TRL appends it)."""
+        (prompt and response tokenized as one text, then the end-of-sequence token, as TRL does)."""
         user = [{"role": "user", "content": prompt}]
         if self.prompt_format == "plain":
-            head = chat_token_ids(self.tokenizer, user, "plain")
+            text = plain_prompt(user)
+            head = self.tokenizer.encode(text, add_special_tokens=True)
             eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-            full = head + self.tokenizer.encode(response, add_special_tokens=False) + eos
+            full = self.tokenizer.encode(text + response, add_special_tokens=True) + eos
         else:
             head = _ids(self.tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True))
             full = _ids(self.tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}],

@@ -38,7 +38,7 @@ def test_self_statistics_of_a_base_model_without_a_chat_template(tmp_path):
     import math
     from pathlib import Path
 
-    from raysynth.engine import chat_token_ids
+    from raysynth.engine import plain_prompt
     from raysynth.models import resolve_model
     from raysynth.recipes.isheep.self_stats import SelfStatsActor
     from tiny_models import without_chat_template
@@ -48,8 +48,11 @@ def test_self_statistics_of_a_base_model_without_a_chat_template(tmp_path):
     cfg = DataFilterConfig(kind="perplexity", num_cpus=1)
     plain = SelfStatsActor(str(bare), cfg, prompt_format="plain")
     ids, start = plain._encode("Name a fruit.", "Apple.")
-    assert ids[:start] == chat_token_ids(plain.tokenizer, [{"role": "user", "content": "Name a fruit."}], "plain")
-    assert plain.tokenizer.decode(ids[start:], skip_special_tokens=True) == "Apple." and ids[-1] == plain.tokenizer.eos_token_id
+    prompt = plain_prompt([{"role": "user", "content": "Name a fruit."}])
+    assert prompt.endswith("### Response:\n") and "<|im_start|>" not in prompt
+    assert ids == plain.tokenizer.encode(prompt + "Apple.") + [plain.tokenizer.eos_token_id]  # as TRL tokenizes it
+    assert plain.tokenizer.decode(ids[:start]).endswith("### Response:\n")
+    assert plain.tokenizer.decode(ids[start:], skip_special_tokens=True) == "Apple."
     stats = plain(batch)
     assert list(stats["stats_error"]) == ["", ""]
     assert all(math.isfinite(p) and p > 1 for p in stats["perplexity"]) and len(stats["embedding"][0]) > 0
