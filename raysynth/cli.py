@@ -109,7 +109,7 @@ def _run_holding_the_lock(cfg, lock) -> None:
     champion = read_registry(cfg.run_dir).current_entry()
     if champion is not None:
         typer.echo(f"the run's champion (what raysynth serve --run-dir {cfg.run_dir} serves): {champion.name}; "
-                   f"every model and verdict: raysynth models list --run-dir {cfg.run_dir}")
+                   f"every model and verdict: raysynth models {cfg.run_dir}")
     typer.echo(f"{time.time() - started:.0f} s; see it all with: raysynth report {cfg.run_dir}")
 
 
@@ -319,7 +319,7 @@ def serve(
 
 @app.command()
 def swap(
-    model: str = typer.Argument(..., help="A model registered in the run (raysynth models list --run-dir DIR)"),
+    model: str = typer.Argument(..., help="A model registered in the run (raysynth models DIR)"),
     run_dir: Path = typer.Option(..., "--run-dir", help="The run the server follows"),
 ) -> None:
     """Switch a running `raysynth serve` to a registered MODEL (or roll back to an earlier one): the
@@ -397,7 +397,7 @@ def _short_path(path: str | None, run_dir: Path) -> str:
 
 @app.command()
 def promote(
-    model: str = typer.Argument(..., help="A model registered in the run (raysynth models list --run-dir DIR)"),
+    model: str = typer.Argument(..., help="A model registered in the run (raysynth models DIR)"),
     run_dir: Path = typer.Option(..., "--run-dir", help="The run (a running `raysynth serve` on it switches)"),
     reason: str = typer.Option("promoted by hand", help="Why, for the registry's timeline"),
 ) -> None:
