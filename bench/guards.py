@@ -12,12 +12,13 @@ self-assessment: `small_model_guards`; REFED's improvement record: `max_list_ite
 Every way answers the same fixed inputs (made once beforehand: Condor requests drawn from the shipped
 tag tree x the seven task types, answers and critiques made with the guarded steps, I-SHEEP requests
 from the seed tasks and its assessments of the shipped Alpaca pairs' answers, REFED improvements of the
-shipped references' answers with the guarded feedback written on them). Per step and way: the parse rate (inputs with a parsed reply, bootstrap 95%
-interval), generated tokens/s (the stage's tokens over its seconds, Ray Data included), and seconds
+shipped references' answers with the guarded feedback written on them). Per step and way: the parse
+rate (inputs with a parsed reply, bootstrap 95% interval), generated tokens/s (the stage's tokens over its seconds, Ray Data included), and seconds
 per parsed input, the cost a default should minimise. Before any measured stage the engine is loaded
 and each way's step runs once on one input (untimed), so no grammar is compiled in a measured stage.
 
-    .venv/bin/python bench/guards.py [--rows 16] [--steps isheep/assess,refed/improve] [--out bench/results-guards.txt]
+    .venv/bin/python bench/guards.py [--rows 16] [--steps isheep/assess,refed/improve]
+                                     [--out bench/results-guards.txt]
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Bench:
                 {"instruction": row["ref_prompt"], "response": row["ref_output"],
                  "strengths": [str(v) for v in row["strengths"]], "improvements": [str(v) for v in row["improvements"]]}
                 for row in feedback.read().to_dict("records")])
-        return made
+        return {key: made[key] for key in wanted}
 
     def measure(self, step: LLMStep, source: StageDir, retry: LLMStep | None) -> dict[str, Any]:
         """One way on one step: per input 1 (a reply parsed) or 0, tokens and seconds; with `retry`,
@@ -136,16 +137,16 @@ def main() -> None:
                         "(default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results-guards.txt"))
     args = parser.parse_args()
+    wanted = args.steps.split(",")
+    unknown = set(wanted) - set(format_steps(True))
+    if unknown:
+        parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join(format_steps(True))}")
     os.environ["RAYSYNTH_NO_PROGRESS"] = "1"
     init_ray()
 
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(RunDir(Path(tmp) / "run"), EngineConfig())
-        wanted = args.steps.split(",")
-        unknown = set(wanted) - set(format_steps(True))
-        if unknown:
-            parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join(format_steps(True))}")
-        inputs = {k: v for k, v in bench.inputs(args.rows, args.seed, wanted).items() if k in wanted}
+        inputs = bench.inputs(args.rows, args.seed, wanted)
         guarded, markers = format_steps(True), format_steps(False)
         for key, source in inputs.items():  # warm-up: every grammar compiled once
             one = source_of(bench.run, f"warm-{key.replace('/', '-')}", source.read().head(1).to_dict("records"))

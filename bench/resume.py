@@ -4,9 +4,11 @@ interrupted at about half and resumed, in one run.
 The interruption is what a killed driver leaves: the stage uncommitted, every other batch's marker and
 part gone (half the rows to redo, spread over the whole input). For each side: seconds to the first new
 committed batch (the resume's start-up: reading the markers, hashing the committed ids, the filter),
-total seconds, and the driver's own memory: its growth (peak RSS during the stage minus RSS at its
-start) and its peak RSS (Ray's processes excluded). Rounds alternate the order of the sides, after a warm-up; median (min-max).
-Targets: driver memory growth on resume < 2x fresh; the resume's start-up < 10% of the fresh stage's time.
+total seconds, and the driver's own memory: its peak RSS and its growth (that peak minus RSS at the
+stage's start; Ray's processes excluded from both). Rounds alternate the order of the sides, after a
+warm-up; median (min-max). Targets (issue 18): driver memory on resume < 2x fresh, shown for the peak
+and for the growth (a few MiB either side, so mostly noise); the resume's start-up < 10% of the fresh
+stage's time.
 
     .venv/bin/python bench/resume.py [--rows 1000000] [--repeats 3] [--out bench/results-resume.txt]
 """

@@ -11,6 +11,7 @@ crash there fails this test alone."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,6 @@ def test_generation_training_generation_each_get_the_one_accelerator(tmp_path):
 def accelerator_free(ray, timeout_s: float) -> bool:
     """Whether the unit is back within `timeout_s` (Ray's resource view follows a release by up to a
     heartbeat)."""
-    import time
-
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if ray.available_resources().get("accelerator", 0) == 1:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from raysynth.config import JudgeConfig
 from raysynth.steps import SHARED_PROMPTS, LLMStep, Messages, Rejection
-from raysynth.steps.patterns import text_without
+from raysynth.steps.patterns import explanation_before
 
 RECIPE = "judge"
 PROMPTS = SHARED_PROMPTS / RECIPE
@@ -56,14 +56,8 @@ def parse_pointwise(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"judge_score": parse_score(text), "judge_reply": text.strip()}]
 
 
-def explanation_regex(max_explanation_chars: int, guards: bool, verdict_marker: str) -> str:
-    """The explanation before the verdict line: one line of at most `max_explanation_chars` with the
-    small-model guards, else any text up to the verdict's marker (what the parser needs)."""
-    return rf"[^\n]{{10,{max_explanation_chars}}}" if guards else text_without(verdict_marker)
-
-
 def pointwise_regex(max_explanation_chars: int, guards: bool = True) -> str:
-    return f"Explanation: {explanation_regex(max_explanation_chars, guards, chr(10) + 'Score:')}" + r"\nScore: (10|[1-9])"
+    return "Explanation: " + explanation_before("\nScore:", max_explanation_chars, guards) + r"\nScore: (10|[1-9])"
 
 
 def pairwise_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,7 +90,7 @@ def parse_pairwise(text: str, row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def pairwise_regex(max_explanation_chars: int, guards: bool = True) -> str:
-    return f"Explanation: {explanation_regex(max_explanation_chars, guards, chr(10) + 'Winner:')}" + r"\nWinner: (A|B)"
+    return "Explanation: " + explanation_before("\nWinner:", max_explanation_chars, guards) + r"\nWinner: (A|B)"
 
 
 def combine_pairwise(verdicts: pd.DataFrame) -> pd.DataFrame:

@@ -28,6 +28,12 @@ def text_without(marker: str) -> str:
     return f"(?:[^{_class(first)}]|{c0}{after_c0})*{ending}"
 
 
+def explanation_before(marker: str, max_chars: int, guards: bool) -> str:
+    """An explanation that a verdict or score line (starting with `marker`) follows: with the
+    small-model guards one line of 10 to `max_chars` characters, else any text without the marker."""
+    return rf"[^\n]{{10,{max_chars}}}" if guards else text_without(marker)
+
+
 # Control characters as escapes: vLLM's grammar compiler (xgrammar) refuses a raw new line inside a
 # character class, and every request of a step whose pattern it refuses comes back empty.
 _CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}

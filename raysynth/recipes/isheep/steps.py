@@ -24,7 +24,7 @@ from raysynth.recipes.isheep.config import AssessmentConfig, ISheepConfig
 from raysynth.shipped import read_jsonl
 from raysynth.steps import LLMStep, Messages, Rejection, text_hash
 from raysynth.steps.eval import respond_step
-from raysynth.steps.patterns import text_without
+from raysynth.steps.patterns import explanation_before, text_without
 
 RECIPE = "isheep"
 PROMPTS = Path(__file__).resolve().parent / "prompts"
@@ -111,9 +111,8 @@ def assess_regex(level: str, max_explanation_chars: int, guards: bool = True) ->
     explanation is one line of at most `max_explanation_chars`; without them any text that does not
     start the first score line (several lines, any length: what the parser needs is the scores)."""
     scores = [rf"\n{a.capitalize()}: (10|[1-9])" for a in ASPECTS[level]]
-    explanation = (rf"[^\n]{{10,{max_explanation_chars}}}" if guards or not scores
-                   else text_without(f"\n{ASPECTS[level][0].capitalize()}:"))
-    return "Explanation: " + explanation + "".join(scores)
+    first = f"\n{ASPECTS[level][0].capitalize()}:" if scores else ""
+    return "Explanation: " + explanation_before(first, max_explanation_chars, guards or not scores) + "".join(scores)
 
 
 def build_assess(row: dict[str, Any], template: str, guidance_text: str, level: str) -> Messages:
