@@ -298,6 +298,9 @@ class TrainConfig(Strict):
     logging_steps: int = Field(1, ge=1)
     seed: int = 0
     num_workers: int = Field(2, ge=1)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="where Ray places the workers (Ray Train's default PACK: as few nodes as "
+        "possible; SPREAD: across nodes, so losing one node loses one worker)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(1, ge=0, description="used when use_gpu")

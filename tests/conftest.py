@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +57,13 @@ condor:
     critique: {{temperature: 0, max_tokens: 160}}
     refine: {{temperature: 0, max_tokens: 160}}
 """
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a test cluster's GCS or dashboard)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def write_tiny_config(directory: Path, run_dir: Path, rounds: int = 1, keep_alive: bool = True,

@@ -1,7 +1,6 @@
 """The chain on a two-node Ray cluster, and submitted as a Ray job to a local head node."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_raysynth, write_tiny_config
+from conftest import REPO, free_port, run_raysynth, write_tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -52,20 +51,14 @@ def test_two_node_cluster(tmp_path: Path):
         cluster.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ray_job_submit(tmp_path: Path):
     bin_dir = Path(sys.executable).parent
     # A loopback-only test head: Ray 2.60 turns token auth on for `ray start`; opt out here.
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    dashboard = _free_port()
+    dashboard = free_port()
     ray_cli = str(bin_dir / "ray")
-    subprocess.run([ray_cli, "start", "--head", f"--port={_free_port()}", "--num-cpus=2",
+    subprocess.run([ray_cli, "start", "--head", f"--port={free_port()}", "--num-cpus=2",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=180)
     try:

@@ -43,8 +43,9 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
     `free_resources` is called before the workers start: a run passes its engine pool's `release`, as
     the workers need the CPUs / GPUs and memory its kept engines hold. `eval_data` (the same columns as
     `data`): evaluated once after training; its `eval_*` metrics land in the summary (`training_summary`)."""
-    # Where the workers run (resources_per_worker) does not change the model: not part of its identity.
-    identity = {"train": cfg.model_dump(mode="json", exclude={"resources_per_worker"}), "data": data_fingerprint(data),
+    # Where the workers run (resources, placement) does not change the model: not part of its identity.
+    identity = {"train": cfg.model_dump(mode="json", exclude={"resources_per_worker", "placement_strategy"}),
+                "data": data_fingerprint(data),
                 "model": base_model,
                 # Only when not the default, so that existing runs keep their trained models.
                 **({"prompt_format": prompt_format} if prompt_format != "chat" else {}),
@@ -75,7 +76,7 @@ def train_model(cfg: TrainConfig, data: Path, base_model: str, base_model_dir: s
                            "trust_remote_code": trust_remote_code, "prompt_format": prompt_format,
                            "progress_path": str(work / PROGRESS_FILE)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources, placement_strategy=cfg.placement_strategy),
         # Same (storage_path, name) on a re-run: Ray Train resumes from the latest checkpoint.
         run_config=RunConfig(name="ray-train", storage_path=str(work),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
