@@ -90,7 +90,8 @@ def bench_vllm(model_dir: str, args) -> dict[str, float]:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
            "--served-model-name", "bench", "--api-key", KEY, "--host", "127.0.0.1", "--port", str(args.port + 1),
            "--dtype", kwargs["dtype"], "--max-model-len", str(kwargs["max_model_len"]),
-           "--gpu-memory-utilization", str(kwargs["gpu_memory_utilization"]), "--seed", "0",
+           *(["--kv-cache-memory-bytes", str(kwargs["kv_cache_memory_bytes"])] if "kv_cache_memory_bytes" in kwargs
+             else ["--gpu-memory-utilization", str(kwargs["gpu_memory_utilization"])]), "--seed", "0",
            "--disable-log-stats"] + (["--enforce-eager"] if kwargs["enforce_eager"] else [])
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     try:

@@ -91,8 +91,15 @@ class EngineConfig(Strict):
     dtype: str = Field("auto", description="auto: bf16 on GPUs and CPUs with native bf16, else float32")
     max_model_len: int = Field(2048, ge=128)
     gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="None: 0.3 on CPU (KV cache share of RAM), 0.9 on GPU"
+        None, gt=0, le=1, description="GPU: vLLM's share of its memory (None: 0.9). CPU: vLLM's share of RAM, "
+        "its own memory included, used only when set and cpu_kv_cache_tokens is not; None: see "
+        "cpu_kv_cache_tokens"
     )
+    cpu_kv_cache_tokens: int | None = Field(
+        None, ge=1, description="CPU: tokens the KV cache holds (at most 0.3 of RAM); None, with "
+        "gpu_memory_utilization unset: batch_size x max_model_len, every row of a batch at full length. An "
+        "explicit cache starts in a third of the time (vLLM skips its warm-up pass) and cannot come out "
+        "negative, as a small share of RAM can once the engine's own memory is taken from it")
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = True
     in_process: bool = Field(True, description="run vLLM's engine core and model worker inside the stage's "
@@ -349,12 +356,17 @@ class ServeConfig(Strict):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(8, gt=0, description="autoscaling target per replica")
+    upscale_delay_s: float = Field(30, ge=0, description="load above target this long adds replicas (Serve's default)")
+    downscale_delay_s: float = Field(600, ge=0, description="load below target this long removes replicas "
+                                     "(Serve's default)")
     max_ongoing_requests: int = Field(32, ge=1, description="concurrent requests a replica takes")
     max_queued_requests: int = Field(64, ge=1, description="waiting requests beyond which the server "
                                      "answers 503 instead of queueing more")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)
-    engine: EngineConfig = Field(EngineConfig(gpu_memory_utilization=0.1), description="vLLM settings; "
+    # 16,384 tokens on CPU: eight full-length requests, more short ones (0.75 GB for the embedded model).
+    engine: EngineConfig = Field(EngineConfig(gpu_memory_utilization=0.1, cpu_kv_cache_tokens=16384),
+                                 description="vLLM settings; "
                                  "two engines coexist during a switch, so keep gpu_memory_utilization <= 0.45")
 
 

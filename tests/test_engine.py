@@ -10,7 +10,8 @@ import pytest
 
 from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.engine import (ALPACA_PREAMBLE, actor_runtime_env, batch_seed, chat_token_ids, choose_dtype,
-                             engine_kwargs, plain_prompt, request_params, sampling_params)
+                             cpu_kv_cache_bytes, engine_kwargs, kv_bytes_per_token, plain_prompt,
+                             request_params, sampling_params)
 from raysynth.models import resolve_model
 
 MESSAGES = [{"role": "user", "content": "Name a fruit."}]
@@ -55,6 +56,33 @@ def test_engine_arguments_and_the_cpu_thread_binding(monkeypatch):
     assert actor_runtime_env(EngineConfig(num_gpus=1)) == {}
     gpu = engine_kwargs(EngineConfig(num_gpus=1), "/models/x", seed=0)
     assert gpu["dtype"] == "bfloat16" and gpu["gpu_memory_utilization"] == 0.9
+
+
+def test_a_cpu_engine_gets_a_kv_cache_the_size_of_its_batch():
+    model_dir = resolve_model("smollm2-135m")
+    per_token = kv_bytes_per_token(model_dir, "float32")
+    assert per_token == 2 * 30 * 3 * 64 * 4  # keys and values: 30 layers, 3 KV heads of 64, float32
+    assert kv_bytes_per_token(model_dir, "bfloat16") == per_token // 2
+    assert kv_bytes_per_token("org/not-local", "float32") is None
+    engine = EngineConfig(batch_size=4, max_model_len=1024, dtype="float32")
+    assert cpu_kv_cache_bytes(engine, model_dir, "float32") == (4 * 1024 + 512) * per_token
+    # Never less than one full-length request; cpu_kv_cache_tokens when set.
+    small = EngineConfig(batch_size=1, max_model_len=1024, cpu_kv_cache_tokens=100)
+    assert cpu_kv_cache_bytes(small, model_dir, "float32") == (1024 + 512) * per_token
+    set_tokens = EngineConfig(max_model_len=1024, cpu_kv_cache_tokens=8192)
+    assert cpu_kv_cache_bytes(set_tokens, model_dir, "float32") == (8192 + 512) * per_token
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    huge = EngineConfig(batch_size=100_000, max_model_len=2048)
+    assert cpu_kv_cache_bytes(huge, model_dir, "float32") == int(0.3 * ram)  # at most 0.3 of RAM
+    assert engine_kwargs(engine, model_dir, 0)["kv_cache_memory_bytes"] == (4 * 1024 + 512) * per_token
+    # The server's engine: a set token count wins over the share on CPU; the share stays for GPUs.
+    served = EngineConfig(gpu_memory_utilization=0.1, cpu_kv_cache_tokens=16384, dtype="float32")
+    assert engine_kwargs(served, model_dir, 0)["kv_cache_memory_bytes"] == (16384 + 512) * per_token
+    assert "kv_cache_memory_bytes" not in engine_kwargs(served.model_copy(update={"num_gpus": 1}), model_dir, 0)
+    # A share set by the user, a GPU, or a model whose config is not at hand: vLLM sizes the cache.
+    assert "kv_cache_memory_bytes" not in engine_kwargs(EngineConfig(gpu_memory_utilization=0.2), model_dir, 0)
+    assert "kv_cache_memory_bytes" not in engine_kwargs(EngineConfig(num_gpus=1), model_dir, 0)
+    assert "kv_cache_memory_bytes" not in engine_kwargs(engine, "/models/x", 0)
 
 
 def test_sampling_parameters_carry_the_step_and_its_format():

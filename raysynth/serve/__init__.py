@@ -65,7 +65,8 @@ def start_server(cfg: ServeConfig) -> str:
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     deployment = ModelServer.options(
         autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                            "target_ongoing_requests": cfg.target_ongoing_requests},
+                            "target_ongoing_requests": cfg.target_ongoing_requests,
+                            "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s},
         max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
                            "runtime_env": {"env_vars": REPLICA_ENV}},
