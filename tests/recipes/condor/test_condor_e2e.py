@@ -126,7 +126,7 @@ def test_sft_step_trains_and_registers_the_model(baseline_run: Path, tmp_path: P
     shutil.copytree(baseline_run, copy)
     config = write_tiny_config(tmp_path, copy)
     result = run_raysynth("run", str(config), "--set", "train.method=sft", "--set", "train.max_steps=4",
-                          "--set", "train.max_length=256", "--set", "train.save_steps=2",
+                          "--set", "train.max_length=256", "--set", "train.save_steps=2", "--set", "train.per_device_batch_size=1",
                           *EVAL_SETTINGS)
     skipped = [line for line in result.stdout.splitlines() if line.startswith("[skip]")]
     assert sum("/eval-" not in line for line in skipped) == 4  # synthesis is reused; training and eval run

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.slow
 
 # batch_size 2 so every stage has several batches to be killed between. The paper's threshold (8,
 # both scores): sampling is seeded, so whether a row passes is the same on every run of this test.
+# One example per training worker and step: on CPU a step's time grows with its tokens, and two
+# steps show the training path as well as eight examples would.
 TINY_ISHEEP = """\
 recipe: isheep
 run_dir: {run_dir}
@@ -36,7 +38,7 @@ isheep:
     generate: {{max_tokens: 96, temperature: 0.8}}
     answer: {{max_tokens: 48}}
     assess: {{max_tokens: 64}}
-train: {{max_steps: 2, save_steps: 2}}
+train: {{max_steps: 2, save_steps: 2, per_device_batch_size: 1}}
 eval:
   limit: 4
   winrate: false

@@ -40,7 +40,7 @@ refed:
     generate: {{max_tokens: 160}}
     answer: {{max_tokens: 48}}
     improve: {{max_tokens: 256}}
-train: {{max_steps: 2, save_steps: 2}}
+train: {{max_steps: 2, save_steps: 2, per_device_batch_size: 1}}
 eval:
   limit: 4
   winrate: false

@@ -17,6 +17,8 @@ from tiny_models import build_tiny_pairrm
 pytestmark = pytest.mark.slow
 
 # batch_size 2 so every stage has several batches to be killed between; greedy where the test compares.
+# One example per training worker and step: on CPU a step's time grows with its tokens, and two
+# steps show the training path as well as eight examples would.
 TINY_SYNPO = """\
 recipe: synpo
 run_dir: {run_dir}
@@ -38,9 +40,9 @@ synpo:
     generate_prompt: {{max_tokens: 48}}
     answer: {{max_tokens: 48}}
     improve: {{max_tokens: 64}}
-  generator_train: {{max_steps: 2, save_steps: 2}}
-  improver_train: {{max_steps: 2, save_steps: 2}}
-train: {{method: simpo, max_steps: 2, save_steps: 2}}
+  generator_train: {{max_steps: 2, save_steps: 2, per_device_batch_size: 1}}
+  improver_train: {{max_steps: 2, save_steps: 2, per_device_batch_size: 1}}
+train: {{method: simpo, max_steps: 2, save_steps: 2, per_device_batch_size: 1}}
 eval:
   limit: 4
   generation: {{max_tokens: 48}}
@@ -271,7 +273,8 @@ def test_beta_search_keeps_the_beta_that_ranks_held_out_seed_pairs_best(local_ra
     cfg = SynpoRun.model_validate({
         "recipe": "synpo", "run_dir": str(tmp_path / "run"), "engine": {"batch_size": 4},
         "synpo": {"beta_search": [1.0, 8.0], "steps": {"answer": {"max_tokens": 32}}},
-        "train": {"method": "simpo", "max_steps": 4, "save_steps": 4, "learning_rate": 1e-3, "max_length": 128}})
+        "train": {"method": "simpo", "max_steps": 4, "save_steps": 4, "learning_rate": 1e-3, "max_length": 128,
+                  "per_device_batch_size": 2}})
     run = RunDir(cfg.run_dir)
     holdout = write_source_stage(run, 0, "seed-holdout", seed_pairs(None, 4), {"rows": 4},
                                  Lineage("synpo", 0, "smollm2-135m"))
