@@ -31,19 +31,15 @@ KV_HEADROOM_TOKENS = 512
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def choose_dtype(engine: EngineConfig, on_gpu: bool) -> str:
-    # Measured: on an AVX2-only CPU bf16 is emulated and ran 24 tok/s against 224 tok/s in float32.
+    """auto: bf16 on GPUs, float32 on every CPU. On an AVX2-only CPU bf16 is emulated (24 tok/s against
+    224 in float32). On a CPU with native bf16 (AMX) it is fast, but a batch's bf16 draws changed with
+    what the engine had generated before it: a batch redone on a fresh engine after a resume differed
+    from the uninterrupted run (I-SHEEP's resume test, twice), and float32's did not. Set
+    engine.dtype: bfloat16 to trade that for speed."""
     if engine.dtype != "auto":
         return engine.dtype
-    return "bfloat16" if on_gpu or _cpu_has_native_bf16() else "float32"
+    return "bfloat16" if on_gpu else "float32"
 
 
 def actor_runtime_env(engine: EngineConfig) -> dict[str, Any]:
@@ -103,8 +99,8 @@ def engine_kwargs(engine: EngineConfig, model_dir: str, seed: int, offline: bool
     if not on_gpu and (engine.cpu_kv_cache_tokens is not None or engine.gpu_memory_utilization is None):
         # A cache the size of the work, not of RAM: it is allocated faster and vLLM skips the warm-up
         # pass it otherwise runs to measure memory (engine start 20.8 s -> 6.4 s here, smollm2-135m).
-        # A share of RAM is the engine's whole budget on CPU: 0.1 of 11 GiB less the engine's own
-        # 1.15 GiB left a negative cache, and the server's replicas failed to start.
+        # A share of RAM is the engine's whole budget on CPU: 0.1 of an 11 GiB NUMA node less the
+        # engine's own 1.15 GiB comes out negative, and the engine fails to start.
         kv_bytes = cpu_kv_cache_bytes(engine, model_dir, dtype)
         if kv_bytes is not None:
             extra["kv_cache_memory_bytes"] = kv_bytes
