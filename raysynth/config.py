@@ -364,9 +364,7 @@ class ServeConfig(Strict):
                                      "answers 503 instead of queueing more")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)
-    # 16,384 tokens on CPU: eight full-length requests, more short ones (0.75 GB for the embedded model).
-    engine: EngineConfig = Field(EngineConfig(gpu_memory_utilization=0.1, cpu_kv_cache_tokens=16384),
-                                 description="vLLM settings; "
+    engine: EngineConfig = Field(EngineConfig(gpu_memory_utilization=0.1), description="vLLM settings; "
                                  "two engines coexist during a switch, so keep gpu_memory_utilization <= 0.45")
 
 

@@ -42,7 +42,7 @@ def test_replicas_follow_the_load_up_to_max_and_back_to_min(tmp_path):
     import ray
     from ray import serve
 
-    from raysynth.config import ServeConfig
+    from raysynth.config import EngineConfig, ServeConfig
     from raysynth.pipeline import init_ray
     from raysynth.serve import start_server, wait_until_healthy
 
@@ -54,7 +54,10 @@ def test_replicas_follow_the_load_up_to_max_and_back_to_min(tmp_path):
     # One ongoing request per replica is the target: eight at once ask for more replicas than allowed.
     # Short delays so the test sees both decisions within its bounds (Serve's defaults: 30 s and 600 s).
     cfg = ServeConfig(run_dir=tmp_path / "run", port=PORT, num_cpus=0, min_replicas=1, max_replicas=2,
-                      target_ongoing_requests=1, upscale_delay_s=2, downscale_delay_s=10, max_ongoing_requests=8)
+                      target_ongoing_requests=1, upscale_delay_s=2, downscale_delay_s=10, max_ongoing_requests=8,
+                      # An explicit KV cache: the default 0.1 share of RAM, on CPU the engine's whole budget,
+                      # came out negative once a replica's own memory was taken from it.
+                      engine=EngineConfig(gpu_memory_utilization=0.1, cpu_kv_cache_tokens=4096))
     try:
         start_server(cfg)
         wait_until_healthy(f"{BASE}/health", 300)
