@@ -88,7 +88,9 @@ class EngineConfig(Strict):
     """The vLLM actor pool behind every LLM step (or an OpenAI-compatible endpoint, when set)."""
 
     model: str = "smollm2-135m"
-    dtype: str = Field("auto", description="auto: bf16 on GPUs, float32 on CPUs (on a CPU with native bf16 its draws changed with what the engine ran before, breaking resume equality; set bfloat16 for speed)")
+    dtype: str = Field("auto", description="auto: bf16 on GPUs, float32 on CPUs (on a CPU with native bf16 "
+                       "its draws changed with what the engine ran before, breaking resume equality; set "
+                       "bfloat16 for speed)")
     max_model_len: int = Field(2048, ge=128)
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="GPU: vLLM's share of its memory (None: 0.9). CPU: vLLM's share of RAM, "
