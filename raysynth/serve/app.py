@@ -97,6 +97,7 @@ class ModelServer:
         self.api_key = read_key(cfg.api_key_env, cfg.api_key_file)
         self.exposed = not is_loopback(cfg.host)
         self.failures: dict[str, dict[str, Any]] = {}  # model name -> what failed to load, and why
+        self.retiring: list[Slot] = []  # displaced engines not yet shut down (waiting for their last request)
         self.switching = asyncio.Lock()
         registry = read_registry(self.run_dir)
         first = registry.current_entry()
@@ -175,16 +176,20 @@ class ModelServer:
         for slot in retire:
             if self.slots.get(slot.name) is slot:
                 del self.slots[slot.name]
+            self.retiring.append(slot)  # before the task runs: /admin/status shows it from now on
             asyncio.get_running_loop().create_task(self._retire(slot))
         self.failures.pop(entry.name, None)
         log.info("now serving %s (was %s)", new.name, old.name)
 
     async def _retire(self, slot: Slot) -> None:
         waited = 0.0
-        while slot.in_flight and waited < RETIRE_WAIT_S:
-            await asyncio.sleep(0.1)
-            waited += 0.1
-        await asyncio.to_thread(slot.engine.shutdown)
+        try:
+            while slot.in_flight and waited < RETIRE_WAIT_S:
+                await asyncio.sleep(0.1)
+                waited += 0.1
+            await asyncio.to_thread(slot.engine.shutdown)
+        finally:
+            self.retiring.remove(slot)
 
     async def check_health(self) -> None:
         """Serve's health check: raises when the current engine is dead, so Serve replaces this replica."""
@@ -371,4 +376,5 @@ class ModelServer:
         pointer = await asyncio.to_thread(read_current, self.run_dir)
         return {"current": self.current.name, "registry_current": pointer.name if pointer else None,
                 "loaded": {s.name: {"path": s.path, "in_flight": s.in_flight} for s in self.slots.values()},
+                "retiring": [{"name": s.name, "path": s.path, "in_flight": s.in_flight} for s in self.retiring],
                 "failures": self.failures}
