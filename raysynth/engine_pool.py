@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from raysynth.config import EngineConfig
 
 
+# The concurrency group of an engine actor's load questions.
+LOAD_GROUP = "load"
+
+
 def ray_instance() -> str:
     """This driver's connection to Ray: after a `ray.shutdown` and a new `ray.init` the pool's actors
     are gone. The job id alone does not tell (each new local Ray numbers its first job 01000000); the
@@ -67,9 +71,12 @@ class EnginePool:
         if self.held["key"] != key:
             self.release()
             # A dead actor is restarted (model loaded again); generate_on_engines redoes its batch.
-            actor = ray.remote(VLLMEngine).options(num_cpus=engine.num_cpus, num_gpus=engine.num_gpus,
-                                                   resources=engine.resources, max_restarts=engine.max_restarts,
-                                                   max_task_retries=0, **actor_runtime_env(engine))
+            # A threaded actor: batches_in_flight generate calls at once, and a thread of its own
+            # for load questions (pipeline.least_loaded).
+            actor = ray.remote(concurrency_groups={LOAD_GROUP: 1})(VLLMEngine).options(
+                num_cpus=engine.num_cpus, num_gpus=engine.num_gpus, resources=engine.resources,
+                max_restarts=engine.max_restarts, max_task_retries=0, max_concurrency=engine.batches_in_flight,
+                **actor_runtime_env(engine))
             self.held.update(key=key, instance=instance,
                              handles=[actor.remote(engine, model_dir) for _ in range(engine.concurrency[1])])
         return self.held["handles"]

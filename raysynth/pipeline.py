@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.engine import actor_runtime_env
-from raysynth.engine_pool import wait_until_ready
+from raysynth.engine_pool import LOAD_GROUP, wait_until_ready
 from raysynth.faults import MachineryFailure, StageFailed, root_message
 from raysynth.hashing import id_hashes, row_id, stable_hash
 from raysynth.steps import LLMStep, Rejection
@@ -39,6 +39,8 @@ from raysynth.store import LINEAGE, RunDir, StageDir, atomic_write_json
 # Templating, forwarding to an engine, parsing: a fraction of a CPU each, so they never wait
 # behind the engines' reserved CPUs.
 LIGHT_TASK_CPUS = 0.25
+# A task that hands a batch to a kept engine and waits for it: one per batch in flight.
+WAITING_TASK_CPUS = 0.01
 ENGINE_COLUMNS = ["prompt_messages", "completions", "finish_reasons", "tokens_in", "tokens_out", "engine_error"]
 
 
@@ -313,16 +315,21 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
         step_args = {"sampling": step.sampling, "regex": step.regex, "json_schema": step.json_schema}
         if engine.endpoint is None and engine.keep_alive:
             actors = run.engines.actors(engine, model_dir)
-            # Light tasks hand each batch to a kept engine; two per engine keep it fed.
+            # One waiting task per batch in flight hands its batch to the least-loaded kept engine.
             ds = ds.map_batches(build_prompts, num_cpus=LIGHT_TASK_CPUS, **prompts)
             ds = ds.map_batches(generate_on_engines, batch_format="pandas", batch_size=engine.batch_size,
-                                num_cpus=LIGHT_TASK_CPUS, compute=ray.data.TaskPoolStrategy(size=2 * len(actors)),
+                                num_cpus=WAITING_TASK_CPUS,
+                                compute=ray.data.TaskPoolStrategy(size=engine.batches_in_flight * len(actors)),
                                 fn_kwargs={"actors": actors, "engine": engine, **step_args})
         else:
             ds = ds.map_batches(build_prompts, **prompts)
+            # A vLLM actor works on batches_in_flight batches at once (threads calling one engine).
+            in_flight = 1 if engine.endpoint else engine.batches_in_flight
             ds = ds.map_batches(
                 _engine_class(engine), batch_format="pandas", batch_size=engine.batch_size,
-                compute=ray.data.ActorPoolStrategy(min_size=engine.concurrency[0], max_size=engine.concurrency[1]),
+                compute=ray.data.ActorPoolStrategy(min_size=engine.concurrency[0], max_size=engine.concurrency[1],
+                                                   max_concurrent_calls_per_actor=in_flight,
+                                                   enable_true_multi_threading=in_flight > 1),
                 num_cpus=engine.endpoint.num_cpus if engine.endpoint else engine.num_cpus,
                 num_gpus=0 if engine.endpoint else engine.num_gpus, resources={} if engine.endpoint else engine.resources,
                 # Bounded: Ray Data's default restarts a dead actor and retries its batch forever.
@@ -349,29 +356,29 @@ def _engine_class(engine: EngineConfig):
 
 def generate_on_engines(batch: pd.DataFrame, actors: list[Any], engine: EngineConfig, sampling: SamplingConfig,
                         regex: str | None, json_schema: dict | None) -> pd.DataFrame:
-    """One batch generated on one of the kept engines (picked by the batch's seed). An engine that
-    died, failed the whole batch or passed its deadline is restarted and the batch redone, up to
-    `engine.batch_retries` times; then MachineryFailure, never rejected rows."""
+    """One batch generated on the least-loaded kept engine (the fewest rows in flight; the draws do
+    not depend on which). An engine that died, failed or passed its deadline is restarted and the
+    batch redone, up to `engine.batch_retries` times; then MachineryFailure, never rejected rows."""
     from raysynth.engine import batch_seed
 
     seed = batch_seed(sampling.seed, batch)
-    actor = actors[seed % len(actors)]
+    actor = least_loaded(actors)
     deadline = engine.batch_timeout_s + engine.batch_timeout_s_per_token * len(batch) * sampling.n * sampling.max_tokens
     failures = []
     for attempt in range(engine.batch_retries + 1):
-        restart = True
+        hung = False
         try:
             return ray.get(actor.generate.remote(batch, sampling, regex, json_schema, seed), timeout=deadline)
         except ray.exceptions.GetTimeoutError:
-            failures.append(f"no answer within {deadline:.0f} s")  # hung
-        except ray.exceptions.RayTaskError as exc:  # the engine failed the whole batch
+            failures.append(f"no answer within {deadline:.0f} s")
+            hung = True
+        except ray.exceptions.RayTaskError as exc:  # the engine failed: its process exits, Ray restarts it
             failures.append(root_message(exc))
         except ray.exceptions.RayActorError as exc:  # the process died: Ray restarts it if it may
             failures.append(f"engine actor died ({type(exc).__name__})")
-            restart = False
         if attempt == engine.batch_retries:
             break
-        if restart:  # a restart counts against the actor's max_restarts
+        if hung:  # a restart counts against the actor's max_restarts
             ray.kill(actor, no_restart=False)
         print(f"[retry] a batch of {len(batch)} rows: {failures[-1]}; attempt {attempt + 2} of "
               f"{engine.batch_retries + 1}", flush=True)
@@ -379,6 +386,21 @@ def generate_on_engines(batch: pd.DataFrame, actors: list[Any], engine: EngineCo
         wait_until_ready(actor, engine.batch_timeout_s)
     raise MachineryFailure(f"a batch of {len(batch)} rows failed {len(failures)} times on its engine: "
                            + "; ".join(failures))
+
+
+def least_loaded(actors: list[Any]) -> Any:
+    """The engine with the fewest rows in flight; its load is asked in a concurrency group of its
+    own, so the question never waits behind the batches it counts. A dead or restarting engine
+    counts as full."""
+    if len(actors) == 1:
+        return actors[0]
+    loads = []
+    for actor in actors:
+        try:
+            loads.append(ray.get(actor.rows_in_flight.options(concurrency_group=LOAD_GROUP).remote(), timeout=10))
+        except ray.exceptions.RayError:  # GetTimeoutError included
+            loads.append(float("inf"))
+    return actors[loads.index(min(loads))]
 
 
 def open_stage(run: RunDir, iteration: int, name: str, identity: dict[str, Any], quiet: bool = False) -> StageDir:

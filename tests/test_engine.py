@@ -56,6 +56,11 @@ def test_engine_arguments_and_the_cpu_thread_binding(monkeypatch):
     assert actor_runtime_env(EngineConfig(num_gpus=1)) == {}
     gpu = engine_kwargs(EngineConfig(num_gpus=1), "/models/x", seed=0)
     assert gpu["dtype"] == "bfloat16" and gpu["gpu_memory_utilization"] == 0.9
+    # Offline CPU engines sample on per-request seeds, which a chunked prefill would crash.
+    assert engine_kwargs(EngineConfig(), "/models/x", 0, offline=True)["enable_chunked_prefill"] is False
+    assert "enable_chunked_prefill" not in kwargs and "enable_chunked_prefill" not in gpu
+    assert kwargs["enable_prefix_caching"] is True
+    assert engine_kwargs(EngineConfig(prefix_caching=False), "/models/x", 0)["enable_prefix_caching"] is False
 
 
 def test_a_cpu_engine_gets_a_kv_cache_the_size_of_its_batch():
@@ -88,6 +93,7 @@ def test_a_cpu_engine_gets_a_kv_cache_the_size_of_its_batch():
 def test_sampling_parameters_carry_the_step_and_its_format():
     free = sampling_params(SamplingConfig(temperature=0.3, max_tokens=17, n=2, structured=False), regex="a+")
     assert (free.temperature, free.max_tokens, free.n, free.structured_outputs) == (0.3, 17, 2, None)
+    assert free.output_kind.name == "FINAL_ONLY" and sampling_params(SamplingConfig(), seed=7).seed == 7
     guarded = sampling_params(SamplingConfig(), regex="a+")
     assert guarded.structured_outputs.regex == "a+"
     schema = {"type": "object"}
@@ -101,6 +107,44 @@ def test_a_batch_seed_depends_on_its_rows_not_their_order():
     batch = pd.DataFrame({"id": ["a", "b"]})
     assert batch_seed(0, batch) == batch_seed(0, batch.iloc[::-1]) != batch_seed(1, batch)
     assert batch_seed(0, batch) != batch_seed(0, pd.DataFrame({"id": ["a", "c"]}))
+
+
+@pytest.mark.slow
+def test_batches_in_flight_draw_what_each_draws_alone():
+    """Three batches on one engine at once (the threads of an engine actor) against each batch alone on
+    the same engine: every row's completion is the same, as each row samples on its own seed; rows the
+    engine refuses on their own (too long, malformed) come back as row errors, the others generate."""
+    import json
+    import threading
+
+    from raysynth.engine import VLLMEngine
+
+    engine = VLLMEngine(EngineConfig(max_model_len=256, batch_size=8), resolve_model("smollm2-135m"))
+    sampling = SamplingConfig(temperature=1.0, max_tokens=24, structured=False)
+    prompts = ["Name a fruit.", "Say hello.", "Count to five.", "Describe the sea.", "Write a haiku.",
+               "Give a colour.", "Name a city.", "Tell a joke.", "Spell cat."]
+    batches = [pd.DataFrame({"prompt_messages": [json.dumps([{"role": "user", "content": p}])
+                                                 for p in prompts[k::3]]}) for k in range(3)]
+    batches[2].loc[len(batches[2])] = ["not json"]
+    batches[2].loc[len(batches[2])] = [json.dumps([{"role": "user", "content": "word " * 300}])]
+    alone = [engine.generate(batch, sampling, seed=11 + k)["completions"].tolist() for k, batch in enumerate(batches)]
+    together: list = [None] * 3
+
+    def run(k: int) -> None:
+        together[k] = engine.generate(batches[k], sampling, seed=11 + k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert [t["completions"].tolist() for t in together] == alone
+    errors = together[2]["engine_error"].tolist()
+    assert errors[-2].startswith("prompt_error") and errors[-1].startswith("prompt_too_long"), errors
+    assert all(not e for e in errors[:-2]) and all(len(c) == 1 and c[0] for c in alone[2][:-2])
+    assert engine.rows_in_flight() == 0
+    # Another batch seed draws otherwise.
+    assert engine.generate(batches[0], sampling, seed=99)["completions"].tolist() != alone[0]
 
 
 @pytest.mark.slow
