@@ -137,9 +137,11 @@ def scale(tmp_path: Path, gcs_address: str) -> None:
         prompts = [{"prompt": f"Write a long story about {t}, part {k}."} for k in range(12) for t in topics]
         source = write_source_stage(run, 1, "prompts", prompts, {"n": len(prompts)}, lineage)
         # Three engines share this machine's cores: no CPU asked (the head keeps those for the light
-        # tasks); each engine's KV cache is sized for its batch.
+        # tasks); each engine's KV cache is sized for its batch. Ray Data grows a pool while its
+        # actors' call slots are full (tasks in flight / (batches_in_flight x actors)): two batches in
+        # flight per engine, as the default 8 would take 16 of this stage's 24 batches into one engine.
         engine = EngineConfig(batch_size=4, keep_alive=False, concurrency=(1, MAX_ENGINES), num_cpus=0,
-                              resources={SLOT: 1})
+                              resources={SLOT: 1}, batches_in_flight=2)
         step = respond_step(SamplingConfig(temperature=0, max_tokens=64))
         timeline: list = []
         stop, started = threading.Event(), time.time()
