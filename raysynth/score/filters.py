@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Iterable
 
 from datasketch import MinHash, MinHashLSH
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenizers
 
 _WORD = re.compile(r"\w+")
 
@@ -100,30 +101,43 @@ def _minhash(tokens: Iterable[str], num_perm: int) -> MinHash:
 
 def rouge_novelty_reasons(texts: Iterable[str], threshold: float = 0.7, screen_jaccard: float = 0.3,
                           num_perm: int = 128, kept: Iterable[str] = ()) -> list[str | None]:
-    """Greedy in order: each text is compared with the ones kept before it (and `kept`, e.g. seeds)."""
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    """Greedy in order: each text is compared with the ones kept before it (and `kept`, e.g. seeds).
+    Each text is tokenized once, as rouge-score does; a candidate's exact ROUGE-L (rouge-score's LCS)
+    is computed only when the words the two share could reach the threshold: F1 = 2 LCS / (|a| + |b|)
+    and the LCS is at most their shared words, counted with repeats (an exact bound, so the kept set is
+    the one the all-pairs filter keeps; bench/filters.py checks it)."""
+    tokenizer = tokenizers.DefaultTokenizer(use_stemmer=False)
     index = MinHashLSH(threshold=screen_jaccard, num_perm=num_perm)
-    pool: list[str] = []
+    pool: list[tuple[list[str], Counter]] = []
 
-    def add(text: str, signature: MinHash) -> None:
+    def add(tokens: list[str], signature: MinHash) -> None:
         index.insert(str(len(pool)), signature)
-        pool.append(text)
+        pool.append((tokens, Counter(tokens)))
+
+    def too_similar(tokens: list[str], counts: Counter, other: tuple[list[str], Counter]) -> bool:
+        other_tokens, other_counts = other
+        if not tokens or not other_tokens:
+            return False  # rouge-score's F1 is 0 with no tokens
+        shared = sum((counts & other_counts).values())
+        if 2 * shared / (len(tokens) + len(other_tokens)) < threshold - 1e-9:
+            return False
+        return rouge_scorer._score_lcs(other_tokens, tokens).fmeasure >= threshold
 
     for text in kept:
-        add(text, _minhash(set(words(text)), num_perm))
+        add(tokenizer.tokenize(text), _minhash(set(words(text)), num_perm))
     reasons: list[str | None] = []
     for text in texts:
         if not words(text):
             reasons.append("empty")
             continue
         signature = _minhash(set(words(text)), num_perm)
-        candidates = index.query(signature)
-        best = max((scorer.score(pool[int(c)], text)["rougeL"].fmeasure for c in candidates), default=0.0)
-        if best >= threshold:
+        tokens = tokenizer.tokenize(text)
+        counts = Counter(tokens)
+        if any(too_similar(tokens, counts, pool[int(c)]) for c in index.query(signature)):
             reasons.append("rouge_l_too_similar")
         else:
             reasons.append(None)
-            add(text, signature)
+            add(tokens, signature)
     return reasons
 
 
