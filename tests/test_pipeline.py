@@ -81,3 +81,35 @@ def test_one_row_per_id_counts_its_copies():
     one = one_row_per_id(batch)
     assert one[["id", "x", "copies"]].to_dict("records") == [{"id": "a", "x": 1, "copies": 3},
                                                              {"id": "b", "x": 2, "copies": 1}]
+
+
+def test_a_batch_goes_to_the_engine_with_the_fewest_rows_in_flight(local_ray):
+    """Routing among kept engines (stand-in actors that report a load, as VLLMEngine does): the least
+    loaded is picked, a dead one counts as full, and the question uses the load group, so it is
+    answered while every generate slot is taken."""
+    import threading
+
+    import ray
+
+    from raysynth.engine_pool import LOAD_GROUP
+    from raysynth.pipeline import least_loaded
+
+    @ray.remote(concurrency_groups={LOAD_GROUP: 1})
+    class Engine:
+        def __init__(self, rows: int):
+            self.rows, self.release = rows, threading.Event()
+
+        def busy(self) -> None:  # holds the actor's only generate slot
+            self.release.wait(60)
+
+        def rows_in_flight(self) -> int:
+            return self.rows
+
+    engines = [Engine.options(max_concurrency=1).remote(rows) for rows in (64, 8, 32)]
+    busy = [engine.busy.remote() for engine in engines]
+    assert least_loaded(engines) == engines[1]
+    ray.kill(engines[1])
+    assert least_loaded(engines) == engines[2]
+    ray.kill(engines[0])
+    ray.kill(engines[2])
+    del busy
