@@ -34,6 +34,9 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/engine.py --workload mixed
+	$(BIN)/python bench/engine.py --workload chain
+	$(BIN)/python bench/filters.py
 	$(BIN)/python bench/stages.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/keywords.py
