@@ -212,12 +212,6 @@ class ScorerConfig(Strict):
                                          "4-gram share exceeds this (SynPO: 50%); None: off")
     max_length: int = Field(2048, ge=16, description="tokens per scored input")
     batch_size: int = Field(16, ge=1)
-    batches_in_flight: int = Field(8, ge=1, description="batches an engine works on at once: their rows share "
-                                   "its running batch, so the engine never drains at a batch's tail (Ray Data's "
-                                   "LLM stage default, max_concurrent_batches: 8); each row samples on its own "
-                                   "seed, so what runs beside it does not change its draws")
-    prefix_caching: bool = Field(True, description="vLLM's automatic prefix caching: prompts that share a "
-                                 "template's opening reuse its KV cache")
     concurrency: tuple[int, int] = Field((1, 1), description="(min, max) actors in the pool")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)

@@ -238,6 +238,7 @@ class RequestLoop:
         batch.finish(index, output)
 
     def _loop(self) -> None:
+        queued: list[InFlightBatch] = []
         try:
             while True:
                 with self.wake:
@@ -299,9 +300,10 @@ class VLLMEngine:
     def generate(self, batch: pd.DataFrame, sampling: SamplingConfig, regex: str | None = None,
                  json_schema: dict | None = None, seed: int = 0) -> pd.DataFrame:
         """Completions for the `prompt_messages` column. `seed` is the batch's; row i samples with seed
-        + i x n (its n samples the next n seeds), on generators of its own, so its draws depend neither on what ran before on this engine nor on
-        the other batches in flight (measured on CPU in float32: 64 of 64 rows identical alone, among
-        256, and after other rows). A batch sampled again after an interrupted run draws the same."""
+        + i x n (its n samples the next n seeds) on generators of its own, so its draws depend neither
+        on what ran before on this engine nor on the other batches in flight (measured on CPU in
+        float32: 64 of 64 rows identical alone, among 256, and after other rows). A batch sampled
+        again after an interrupted run draws the same."""
         n = len(batch)
         completions: list[list[str]] = [[] for _ in range(n)]
         finish: list[list[str]] = [[] for _ in range(n)]
