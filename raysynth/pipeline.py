@@ -394,10 +394,11 @@ def least_loaded(actors: list[Any]) -> Any:
     counts as full."""
     if len(actors) == 1:
         return actors[0]
-    loads = []
-    for actor in actors:
+    asked = [actor.rows_in_flight.options(concurrency_group=LOAD_GROUP).remote() for actor in actors]
+    deadline, loads = time.time() + 10, []
+    for answer in asked:  # all asked at once, answered within one 10 s deadline
         try:
-            loads.append(ray.get(actor.rows_in_flight.options(concurrency_group=LOAD_GROUP).remote(), timeout=10))
+            loads.append(ray.get(answer, timeout=max(0.0, deadline - time.time())))
         except ray.exceptions.RayError:  # GetTimeoutError included
             loads.append(float("inf"))
     return actors[loads.index(min(loads))]
