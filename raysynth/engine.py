@@ -200,12 +200,14 @@ class RequestLoop:
     caller (an actor thread per batch in flight) queues its batch and waits; one thread adds queued
     requests and steps the engine while any is unfinished, so a new batch's rows join the running
     ones at the next step and the engine never drains at a batch's tail. Only that thread touches
-    the engine: vLLM's LLMEngine is not thread-safe. If a step fails, every batch in flight fails
-    (the engine, not its rows, failed) and `on_failure` runs: in an actor, the process exits and Ray
-    restarts it."""
+    the engine: vLLM's LLMEngine is not thread-safe. That thread also builds the engine (`make_llm`,
+    a `vllm.LLM`): a CPU worker binds OpenMP's threads and sets their count for the thread that
+    starts it, and a step from another thread ran on an unbound team whose count could differ from
+    the one vLLM's CPU attention planned with ("thread_num == thread_num (2 vs. 1)", seen in CI).
+    If a step fails, every batch in flight fails (the engine, not its rows, failed) and `on_failure`
+    runs: in an actor, the process exits and Ray restarts it."""
 
-    def __init__(self, llm_engine: Any, on_failure: Any = None):
-        self.engine = llm_engine
+    def __init__(self, make_llm: Any, on_failure: Any = None):
         self.on_failure = on_failure
         self.wake = threading.Condition()
         self.queued: list[InFlightBatch] = []
@@ -213,7 +215,14 @@ class RequestLoop:
         self.rows = 0  # rows queued or running
         self.failure: BaseException | None = None
         self.request_ids = itertools.count()
-        threading.Thread(target=self._loop, name="vllm-steps", daemon=True).start()
+        self.llm: Any = None
+        started = threading.Event()
+        start_failure: list[BaseException] = []
+        threading.Thread(target=self._loop, args=(make_llm, started, start_failure), name="vllm-steps",
+                         daemon=True).start()
+        started.wait()
+        if start_failure:
+            raise start_failure[0]
 
     def generate(self, requests: list[tuple[Any, Any]]) -> list[Any]:
         """The outputs of `requests` ((prompt, sampling params) pairs), in their order; a request
@@ -237,7 +246,15 @@ class RequestLoop:
             self.rows -= 1
         batch.finish(index, output)
 
-    def _loop(self) -> None:
+    def _loop(self, make_llm: Any, started: threading.Event, start_failure: list[BaseException]) -> None:
+        try:
+            self.llm = make_llm()
+        except BaseException as exc:
+            start_failure.append(exc)
+            return
+        finally:
+            started.set()
+        engine = self.llm.llm_engine
         queued: list[InFlightBatch] = []
         try:
             while True:
@@ -249,13 +266,13 @@ class RequestLoop:
                     for index, (prompt, params) in enumerate(batch.requests):
                         request_id = str(next(self.request_ids))
                         try:
-                            self.engine.add_request(request_id, prompt, params)
+                            engine.add_request(request_id, prompt, params)
                         except Exception as exc:  # refused on its own (e.g. a grammar vLLM cannot compile)
                             self._finish(batch, index, f"generation_error: {type(exc).__name__}: {exc}"[:500])
                             continue
                         self.running[request_id] = (batch, index)
                 if self.running:
-                    for output in self.engine.step():
+                    for output in engine.step():
                         if output.finished:
                             self._finish(*self.running.pop(output.request_id), output)
         except BaseException as exc:
@@ -287,11 +304,11 @@ class VLLMEngine:
     def __init__(self, engine: EngineConfig, model_dir: str):
         from vllm import LLM
 
-        self.llm = LLM(**engine_kwargs(engine, model_dir, 0, offline=True))
-        self.tokenizer = self.llm.get_tokenizer()
+        kwargs = engine_kwargs(engine, model_dir, 0, offline=True)
+        self.requests = RequestLoop(lambda: LLM(**kwargs), on_failure=exit_actor_soon)
+        self.tokenizer = self.requests.llm.get_tokenizer()
         self.prompt_format = engine.prompt_format
         self.max_prompt_tokens = engine.max_model_len - 1
-        self.requests = RequestLoop(self.llm.llm_engine, on_failure=exit_actor_soon)
 
     def rows_in_flight(self) -> int:
         """Rows queued or generating: the load that picks the engine for the next batch."""
