@@ -20,7 +20,12 @@ import and engine start included on both sides; Ray's own start is not, as a run
 measurement runs in a fresh process; each side is warmed once, then measured `--repeats` times,
 interleaved in alternating order. Ratios are of tokens/s (raysynth / bare).
 
+`--baseline no-prefix-caching` measures vLLM's prefix caching instead: the raysynth side as above
+against the same side with `engine.prefix_caching: false` (the chain's critique and refine prompts
+share their templates' long openings).
+
     python bench/engine.py [--workload uniform|mixed|chain] [--prompts N] [--max-tokens N] [--repeats 3]
+                           [--baseline bare|no-prefix-caching]
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ def bare(workload: str, count: int, max_tokens: int) -> dict[str, float]:
             "end_to_end_s": ended - started}
 
 
-def raysynth(workload: str, count: int, max_tokens: int) -> dict[str, float]:
+def raysynth(workload: str, count: int, max_tokens: int, prefix_caching: bool = True) -> dict[str, float]:
     import ray
 
     from raysynth.pipeline import Lineage, init_ray, run_llm_stage, write_source_stage
@@ -113,7 +118,7 @@ def raysynth(workload: str, count: int, max_tokens: int) -> dict[str, float]:
     init_ray()
     run, lineage = RunDir(Path(tempfile.mkdtemp()) / "run"), Lineage("bench", 0, MODEL)
     stage = write_source_stage(run, 0, "rows", source_rows(workload, count), {"n": count}, lineage)
-    engine, model_dir = EngineConfig(model=MODEL), resolve_model(MODEL)
+    engine, model_dir = EngineConfig(model=MODEL, prefix_caching=prefix_caching), resolve_model(MODEL)
     started = time.time()
     ray.get([actor.__ray_ready__.remote() for actor in run.engines.actors(engine, model_dir)])
     generate_started, tokens = time.time(), 0
@@ -134,18 +139,25 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="default: bench/results-engine[-WORKLOAD].txt")
-    parser.add_argument("--side", choices=["bare", "raysynth"], help="one measurement (used by the bench itself)")
+    parser.add_argument("--baseline", choices=["bare", "no-prefix-caching"], default="bare")
+    parser.add_argument("--side", choices=["bare", "raysynth", "no-prefix-caching"],
+                        help="one measurement (used by the bench itself)")
     args = parser.parse_args()
     count = args.prompts or DEFAULTS[args.workload][0]
     max_tokens = args.max_tokens or DEFAULTS[args.workload][1]
     if args.side:
-        measure = bare if args.side == "bare" else raysynth
-        print(json.dumps(measure(args.workload, count, max_tokens)))
+        measured = {"bare": lambda: bare(args.workload, count, max_tokens),
+                    "raysynth": lambda: raysynth(args.workload, count, max_tokens),
+                    "no-prefix-caching": lambda: raysynth(args.workload, count, max_tokens, prefix_caching=False)}
+        print(json.dumps(measured[args.side]()))
         return
     options = ["--workload", args.workload, "--prompts", str(count), "--max-tokens", str(max_tokens)]
-    runs = interleaved(Path(__file__), ["bare", "raysynth"], options, args.repeats)
+    runs = interleaved(Path(__file__), [args.baseline, "raysynth"], options, args.repeats)
+    runs["bare"] = runs.pop(args.baseline)  # the baseline, whichever it is
     bare_name = {"uniform": "bare LLM.generate, all at once", "mixed": "synchronous loop of LLM.generate",
                  "chain": "three bare LLM.generate calls"}[args.workload]
+    if args.baseline == "no-prefix-caching":
+        bare_name = "raysynth, prefix caching off"
     engine = EngineConfig()
     lines = [f"workload={args.workload} prompts={count} max_tokens={max_tokens} temperature=0.7 model={MODEL} "
              f"batch_size={engine.batch_size} batches_in_flight={engine.batches_in_flight} repeats={args.repeats}",
@@ -157,13 +169,16 @@ def main() -> None:
         rates = {side: [r["tokens"] / r[f"{phase}_s"] for r in runs[side]] for side in runs}
         lines.append(f"[{phase.replace('_', ' ')}]")
         lines.append(f"  {bare_name:<36}: {spread(rates['bare'], '{:.1f}')} tok/s")
-        lines.append(f"  {'raysynth run_llm_stage':<36}: {spread(rates['raysynth'], '{:.1f}')} tok/s")
+        ours = "raysynth run_llm_stage" + (", caching on" if args.baseline == "no-prefix-caching" else "")
+        lines.append(f"  {ours:<36}: {spread(rates['raysynth'], '{:.1f}')} tok/s")
         ratios = [r / b for r, b in zip(rates["raysynth"], rates["bare"])]
         lines.append(f"  {'ratio of medians':<36}: {statistics.median(rates['raysynth']) / statistics.median(rates['bare']):.3f}"
                      f"   (per round: {spread(ratios)})")
-    suffix = "" if args.workload == "uniform" else f"-{args.workload}"
+    suffix = ("" if args.workload == "uniform" else f"-{args.workload}") + \
+        ("-prefix-caching" if args.baseline == "no-prefix-caching" else "")
     out = args.out or Path(__file__).parent / f"results-engine{suffix}.txt"
-    write_results(out, "python bench/engine.py " + " ".join(options + ["--repeats", str(args.repeats)]), lines,
+    options += ["--repeats", str(args.repeats)] + (["--baseline", args.baseline] if args.baseline != "bare" else [])
+    write_results(out, "python bench/engine.py " + " ".join(options), lines,
                   ["generation: the raysynth side from a ready kept engine actor to the committed stage(s) (build, "
                    "generate with batches in flight, parse, commit); bare: its generate call(s) on a loaded engine.",
                    "end to end: vllm import and engine start included on both sides (Ray's start excluded)."])

@@ -51,10 +51,14 @@ def actor_runtime_env(engine: EngineConfig) -> dict[str, Any]:
     num_cpus (1), OpenMP reads that once, and an in-process engine runs in the actor's own process.
     Measured: the kept engine generated on one thread (0.47x bare vLLM's tokens/s on 2 cores), and
     raising the count later in one thread made a Ray Data engine's threads disagree, which vLLM's CPU
-    attention refuses (thread_num 1 vs. 2). On a cluster of unlike CPU nodes, set cpu_threads_bind."""
-    if engine.endpoint is not None or engine.num_gpus > 0 or engine.cpu_threads_bind != "all":
+    attention refuses (thread_num 1 vs. 2). On a cluster of unlike CPU nodes, set cpu_threads_bind.
+    Every CPU engine gets GOMP_SPINCOUNT (engine.omp_spin_count), also read once, at OpenMP's start."""
+    if engine.endpoint is not None or engine.num_gpus > 0:
         return {}
-    return {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}}}
+    env = {"GOMP_SPINCOUNT": str(engine.omp_spin_count)}
+    if engine.cpu_threads_bind == "all":
+        env["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
+    return {"runtime_env": {"env_vars": env}}
 
 
 def kv_bytes_per_token(model_dir: str, dtype: str) -> int | None:
@@ -309,10 +313,30 @@ class VLLMEngine:
         self.tokenizer = self.requests.llm.get_tokenizer()
         self.prompt_format = engine.prompt_format
         self.max_prompt_tokens = engine.max_model_len - 1
+        # batches_in_flight batches share the engine; a kept engine's actor takes more calls than
+        # that, and the others wait here, counted: the pool's measure of work beyond its engines.
+        self.slots = threading.Semaphore(engine.batches_in_flight)
+        self.counts = threading.Lock()
+        self.waiting_rows = self.waiting_batches = 0
 
-    def rows_in_flight(self) -> int:
-        """Rows queued or generating: the load that picks the engine for the next batch."""
-        return self.requests.rows
+    def load(self) -> tuple[int, int]:
+        """Rows this engine holds (waiting for a slot, queued or generating), which picks the engine
+        for the next batch; and batches waiting for a slot, which grows a kept pool."""
+        with self.counts:
+            return self.waiting_rows + self.requests.rows, self.waiting_batches
+
+    def _in_a_slot(self, requests: list[tuple[Any, Any]]) -> list[Any]:
+        with self.counts:
+            self.waiting_rows += len(requests)
+            self.waiting_batches += 1
+        self.slots.acquire()
+        with self.counts:
+            self.waiting_rows -= len(requests)
+            self.waiting_batches -= 1
+        try:
+            return self.requests.generate(requests)
+        finally:
+            self.slots.release()
 
     def generate(self, batch: pd.DataFrame, sampling: SamplingConfig, regex: str | None = None,
                  json_schema: dict | None = None, seed: int = 0) -> pd.DataFrame:
@@ -339,7 +363,7 @@ class VLLMEngine:
             tokens_in[i] = len(ids)
             ready.append(i)
             requests.append((token_prompt(ids), sampling_params(sampling, regex, json_schema, seed + i * sampling.n)))
-        for i, out in zip(ready, self.requests.generate(requests)):
+        for i, out in zip(ready, self._in_a_slot(requests)):
             if isinstance(out, str):  # vLLM refused the request on its own
                 errors[i], tokens_in[i] = out, 0
                 continue

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from raysynth.config import EngineConfig, SamplingConfig
 from raysynth.engine import actor_runtime_env
-from raysynth.engine_pool import LOAD_GROUP, wait_until_ready
+from raysynth.engine_pool import ask_loads, wait_until_ready
 from raysynth.faults import MachineryFailure, StageFailed, root_message
 from raysynth.hashing import id_hashes, row_id, stable_hash
 from raysynth.steps import LLMStep, Rejection
@@ -314,13 +314,15 @@ def run_llm_stage(run: RunDir, iteration: int, step: LLMStep, source: StageDir, 
                    "batch_size": engine.batch_size}
         step_args = {"sampling": step.sampling, "regex": step.regex, "json_schema": step.json_schema}
         if engine.endpoint is None and engine.keep_alive:
-            actors = run.engines.actors(engine, model_dir)
-            # One waiting task per batch in flight hands its batch to the least-loaded kept engine.
+            roster = run.engines.roster(engine, model_dir)
+            # One waiting task per batch in flight on as many engines as the pool may grow to hands its
+            # batch to the least-loaded kept engine; batches beyond the engines' slots wait in them,
+            # which is what grows the pool.
             ds = ds.map_batches(build_prompts, num_cpus=LIGHT_TASK_CPUS, **prompts)
             ds = ds.map_batches(generate_on_engines, batch_format="pandas", batch_size=engine.batch_size,
                                 num_cpus=WAITING_TASK_CPUS,
-                                compute=ray.data.TaskPoolStrategy(size=engine.batches_in_flight * len(actors)),
-                                fn_kwargs={"actors": actors, "engine": engine, **step_args})
+                                compute=ray.data.TaskPoolStrategy(size=engine.batches_in_flight * engine.concurrency[1]),
+                                fn_kwargs={"roster": roster, "engine": engine, **step_args})
         else:
             ds = ds.map_batches(build_prompts, **prompts)
             # A vLLM actor works on batches_in_flight batches at once (threads calling one engine).
@@ -354,19 +356,19 @@ def _engine_class(engine: EngineConfig):
     return VLLMStage
 
 
-def generate_on_engines(batch: pd.DataFrame, actors: list[Any], engine: EngineConfig, sampling: SamplingConfig,
+def generate_on_engines(batch: pd.DataFrame, roster: Any, engine: EngineConfig, sampling: SamplingConfig,
                         regex: str | None, json_schema: dict | None) -> pd.DataFrame:
-    """One batch generated on the least-loaded kept engine (the fewest rows in flight; the draws do
-    not depend on which). An engine that died, failed or passed its deadline is restarted and the
-    batch redone, up to `engine.batch_retries` times; then MachineryFailure, never rejected rows."""
+    """One batch generated on the least-loaded kept engine of the pool's roster now (the fewest rows
+    held; the draws do not depend on which). An engine that died, failed or passed its deadline is
+    restarted and the batch redone, on the least-loaded engine then, up to `engine.batch_retries`
+    times; then MachineryFailure, never rejected rows."""
     from raysynth.engine import batch_seed
 
     seed = batch_seed(sampling.seed, batch)
-    actor = least_loaded(actors)
     deadline = engine.batch_timeout_s + engine.batch_timeout_s_per_token * len(batch) * sampling.n * sampling.max_tokens
     failures = []
     for attempt in range(engine.batch_retries + 1):
-        hung = False
+        actor, hung = least_loaded(ray.get(roster.get.remote())), False
         try:
             return ray.get(actor.generate.remote(batch, sampling, regex, json_schema, seed), timeout=deadline)
         except ray.exceptions.GetTimeoutError:
@@ -389,18 +391,10 @@ def generate_on_engines(batch: pd.DataFrame, actors: list[Any], engine: EngineCo
 
 
 def least_loaded(actors: list[Any]) -> Any:
-    """The engine with the fewest rows in flight; its load is asked in a concurrency group of its
-    own, so the question never waits behind the batches it counts. A dead or restarting engine
-    counts as full."""
+    """The engine holding the fewest rows; a dead or restarting engine counts as full."""
     if len(actors) == 1:
         return actors[0]
-    asked = [actor.rows_in_flight.options(concurrency_group=LOAD_GROUP).remote() for actor in actors]
-    deadline, loads = time.time() + 10, []
-    for answer in asked:  # all asked at once, answered within one 10 s deadline
-        try:
-            loads.append(ray.get(answer, timeout=max(0.0, deadline - time.time())))
-        except ray.exceptions.RayError:  # GetTimeoutError included
-            loads.append(float("inf"))
+    loads = [rows for rows, _ in ask_loads(actors)]
     return actors[loads.index(min(loads))]
 
 

@@ -1,7 +1,9 @@
 """Autoscaling, shown: on a fake-node cluster driven by Ray's own autoscaler (what
 `ray.cluster_utils.AutoscalingCluster` starts), an LLM stage with `concurrency: [1, 3]` starts with one
 engine; while it has work the pool asks for more, the autoscaler adds nodes and the pool reaches three
-engines; after the stage the idle nodes are released.
+engines; after the stage the idle nodes are released. Both pool modes: a stage's Ray Data actor pool
+(`keep_alive: false`), and the run's kept engines, which shrink back to one after `idle_timeout_s`
+and give the last node back when released.
 
 Each engine asks for one unit of `engine_slot`, a resource only the worker node type has (one per
 node), so every engine beyond the first needs a node the autoscaler must add. The head node keeps
@@ -30,6 +32,7 @@ from conftest import free_port
 SLOT = "engine_slot"
 IDLE_TIMEOUT_MIN = 0.1  # the autoscaler removes a node idle for 6 s
 MAX_ENGINES = 3
+KEPT_IDLE_TIMEOUT_S = 10  # a kept engine beyond the first stops after 10 s without rows
 
 
 def fake_cluster_config(gcs_address: str) -> dict:
@@ -74,7 +77,8 @@ def stop_cluster(gcs_address: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_stage_pool_grows_to_three_engines_on_added_nodes_and_the_nodes_go_after(tmp_path):
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["stage_pool", "kept_engines"])
+def test_a_pool_grows_to_three_engines_on_added_nodes_and_the_nodes_go_after(tmp_path, keep_alive: bool):
     from ray._private.services import get_node_ip_address
 
     bin_dir = Path(sys.executable).parent
@@ -91,7 +95,8 @@ def test_a_stage_pool_grows_to_three_engines_on_added_nodes_and_the_nodes_go_aft
                         f"--autoscaling-config={config}", "--dashboard-host=127.0.0.1",
                         f"--dashboard-port={free_port()}", "--disable-usage-stats"],
                        check=True, env=env, capture_output=True, timeout=180)
-        done = subprocess.run([sys.executable, __file__, str(tmp_path), gcs_address], capture_output=True,
+        done = subprocess.run([sys.executable, __file__, str(tmp_path), gcs_address, json.dumps(keep_alive)],
+                              capture_output=True,
                               text=True, timeout=780, env=env)
     finally:
         stop_cluster(gcs_address)
@@ -106,6 +111,8 @@ def test_a_stage_pool_grows_to_three_engines_on_added_nodes_and_the_nodes_go_aft
     assert result["rows_out"] + sum(result["rejected"].values()) == result["rows_in"] == result["prompts"]
     assert result["worker_nodes_after"] == 0, result  # idle nodes released after the stage
     assert result["released_within_s"] < 180, result
+    if keep_alive:  # the kept pool shrank to its minimum while the run went on, then was released
+        assert result["kept_engines_after_idle"] == 1 and result["worker_nodes_after_idle"] == 1, result
 
 
 def worker_nodes(ray) -> int:
@@ -120,7 +127,7 @@ def watch(ray, stop: threading.Event, timeline: list, started: float) -> None:
         stop.wait(1.0)
 
 
-def scale(tmp_path: Path, gcs_address: str) -> None:
+def scale(tmp_path: Path, gcs_address: str, keep_alive: bool) -> None:
     import ray
 
     from raysynth.config import EngineConfig, SamplingConfig
@@ -137,19 +144,31 @@ def scale(tmp_path: Path, gcs_address: str) -> None:
         prompts = [{"prompt": f"Write a long story about {t}, part {k}."} for k in range(12) for t in topics]
         source = write_source_stage(run, 1, "prompts", prompts, {"n": len(prompts)}, lineage)
         # Three engines share this machine's cores: no CPU asked (the head keeps those for the light
-        # tasks); each engine's KV cache is sized for its batch. Ray Data grows a pool while its
-        # actors' call slots are full (tasks in flight / (batches_in_flight x actors)): two batches in
-        # flight per engine, as the default 8 would take 16 of this stage's 24 batches into one engine.
-        engine = EngineConfig(batch_size=4, keep_alive=False, concurrency=(1, MAX_ENGINES), num_cpus=0,
-                              resources={SLOT: 1}, batches_in_flight=2)
+        # tasks), short OpenMP spins (engine.omp_spin_count); each engine's KV cache is sized for its batch. Ray Data grows a pool while its
+        # actors' call slots are full (tasks in flight / (batches_in_flight x actors)), the kept pool
+        # while every engine has batches waiting for a slot: two batches in flight per engine, as the
+        # default 8 would take 16 of this stage's 24 batches into one engine.
+        engine = EngineConfig(batch_size=4, keep_alive=keep_alive, concurrency=(1, MAX_ENGINES), num_cpus=0,
+                              resources={SLOT: 1}, batches_in_flight=2, idle_timeout_s=KEPT_IDLE_TIMEOUT_S,
+                              omp_spin_count=1000)
         step = respond_step(SamplingConfig(temperature=0, max_tokens=64))
         timeline: list = []
         stop, started = threading.Event(), time.time()
         watcher = threading.Thread(target=watch, args=(ray, stop, timeline, started), daemon=True)
         watcher.start()
-        stage = run_llm_stage(run, 1, step, source, engine, resolve_model("smollm2-135m"), lineage)
+        model_dir = resolve_model("smollm2-135m")
+        stage = run_llm_stage(run, 1, step, source, engine, model_dir, lineage)
         stop.set()
         watcher.join()
+        shrunk = {}
+        if keep_alive:  # the run holds its engines: the pool shrinks to min, and release gives the rest back
+            ended = time.time()
+            while (len(run.engines.actors(engine, model_dir)) > 1 or worker_nodes(ray) > 1) \
+                    and time.time() - ended < 240:
+                time.sleep(2)
+            shrunk = {"kept_engines_after_idle": len(run.engines.actors(engine, model_dir)),
+                      "worker_nodes_after_idle": worker_nodes(ray)}
+            run.engines.release()
         ended = time.time()
         while worker_nodes(ray) and time.time() - ended < 240:
             time.sleep(2)
@@ -157,10 +176,10 @@ def scale(tmp_path: Path, gcs_address: str) -> None:
         print(json.dumps({"timeline": timeline, "prompts": len(prompts), "rows_in": manifest["rows_in"],
                           "rows_out": manifest["rows_out"], "rejected": manifest["rejected"],
                           "worker_nodes_after": worker_nodes(ray),
-                          "released_within_s": round(time.time() - ended, 1)}))
+                          "released_within_s": round(time.time() - ended, 1), **shrunk}))
     finally:
         ray.shutdown()
 
 
 if __name__ == "__main__":
-    scale(Path(sys.argv[1]), sys.argv[2])
+    scale(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))

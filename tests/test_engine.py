@@ -52,7 +52,10 @@ def test_engine_arguments_and_the_cpu_thread_binding(monkeypatch):
     assert kwargs["gpu_memory_utilization"] == 0.3 and "distributed_executor_backend" not in kwargs
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
     assert os.environ["OMP_NUM_THREADS"] == str(len(cores))
-    assert actor_runtime_env(EngineConfig()) == {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(len(cores))}}}
+    assert actor_runtime_env(EngineConfig()) == {"runtime_env": {"env_vars": {
+        "OMP_NUM_THREADS": str(len(cores)), "GOMP_SPINCOUNT": "10000"}}}
+    assert actor_runtime_env(EngineConfig(cpu_threads_bind="0", omp_spin_count=0)) == {
+        "runtime_env": {"env_vars": {"GOMP_SPINCOUNT": "0"}}}
     assert actor_runtime_env(EngineConfig(num_gpus=1)) == {}
     gpu = engine_kwargs(EngineConfig(num_gpus=1), "/models/x", seed=0)
     assert gpu["dtype"] == "bfloat16" and gpu["gpu_memory_utilization"] == 0.9
@@ -142,7 +145,7 @@ def test_batches_in_flight_draw_what_each_draws_alone():
     errors = together[2]["engine_error"].tolist()
     assert errors[-2].startswith("prompt_error") and errors[-1].startswith("prompt_too_long"), errors
     assert all(not e for e in errors[:-2]) and all(len(c) == 1 and c[0] for c in alone[2][:-2])
-    assert engine.rows_in_flight() == 0
+    assert engine.load() == (0, 0)
     # Another batch seed draws otherwise.
     assert engine.generate(batches[0], sampling, seed=99)["completions"].tolist() != alone[0]
 

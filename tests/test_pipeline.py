@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from raysynth.config import SamplingConfig
 from raysynth.hashing import id_hashes, row_id
@@ -102,13 +103,15 @@ def test_a_batch_goes_to_the_engine_with_the_fewest_rows_in_flight(local_ray):
         def busy(self) -> None:  # holds the actor's only generate slot
             self.release.wait(60)
 
-        def rows_in_flight(self) -> int:
-            return self.rows
+        def load(self) -> tuple[int, int]:
+            return self.rows, 0
 
     engines = [Engine.options(max_concurrency=1).remote(rows) for rows in (64, 8, 32)]
     busy = [engine.busy.remote() for engine in engines]
     assert least_loaded(engines) == engines[1]
     ray.kill(engines[1])
+    with pytest.raises(ray.exceptions.RayActorError):  # once its death is known (a kill is asynchronous)
+        ray.get(engines[1].__ray_ready__.remote(), timeout=60)
     assert least_loaded(engines) == engines[2]
     ray.kill(engines[0])
     ray.kill(engines[2])
