@@ -205,9 +205,9 @@ class RequestLoop:
     requests and steps the engine while any is unfinished, so a new batch's rows join the running
     ones at the next step and the engine never drains at a batch's tail. Only that thread touches
     the engine: vLLM's LLMEngine is not thread-safe. That thread also builds the engine (`make_llm`,
-    a `vllm.LLM`): a CPU worker binds OpenMP's threads and sets their count for the thread that
-    starts it, and a step from another thread ran on an unbound team whose count could differ from
-    the one vLLM's CPU attention planned with ("thread_num == thread_num (2 vs. 1)", seen in CI).
+    a `vllm.LLM`): OpenMP's thread count is a setting of each thread, and steps from a thread other
+    than the one that loaded the model ran on a team whose count could differ from the one vLLM's
+    CPU attention planned with ("thread_num == thread_num (2 vs. 1)", seen in CI).
     If a step fails, every batch in flight fails (the engine, not its rows, failed) and `on_failure`
     runs: in an actor, the process exits and Ray restarts it."""
 
