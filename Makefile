@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/engine.py --workload mixed
 	$(BIN)/python bench/engine.py --workload chain
+	$(BIN)/python bench/engine.py --workload chain --baseline no-prefix-caching
 	$(BIN)/python bench/filters.py
 	$(BIN)/python bench/stages.py
 	$(BIN)/python bench/serve.py
