@@ -22,7 +22,7 @@ interleaved in alternating order. Ratios are of tokens/s (raysynth / bare).
 
 `--baseline no-prefix-caching` measures vLLM's prefix caching instead: the raysynth side as above
 against the same side with `engine.prefix_caching: false` (the chain's critique and refine prompts
-share their templates' long openings).
+share their templates' openings, 99 and 75 words).
 
     python bench/engine.py [--workload uniform|mixed|chain] [--prompts N] [--max-tokens N] [--repeats 3]
                            [--baseline bare|no-prefix-caching]
