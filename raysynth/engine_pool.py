@@ -167,8 +167,9 @@ def keep_scaled(held: dict[str, Any], engine: EngineConfig, model_dir: str, stop
             with held["lock"]:
                 engines, pending, retiring = list(held["handles"]), list(held["pending"]), list(held["retiring"])
             loads = ask_loads(engines + retiring)
-            for actor in pending:
-                ready_refs.setdefault(actor_key(actor), actor.__ray_ready__.remote())
+            for actor in pending:  # asked once per engine: its answer comes when it has loaded
+                if actor_key(actor) not in ready_refs:
+                    ready_refs[actor_key(actor)] = actor.__ray_ready__.remote()
             refs = [ready_refs[actor_key(a)] for a in pending]
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
             started, failed = [], []
@@ -180,6 +181,7 @@ def keep_scaled(held: dict[str, Any], engine: EngineConfig, model_dir: str, stop
                     except ray.exceptions.RayError as exc:
                         log.warning("an engine the pool started failed to load: %s", exc)
                         failed.append(actor)
+                    del ready_refs[actor_key(actor)]
             now = time.time()
             full_polls = full_polls + 1 if engines and all(waiting for _, waiting in loads[:len(engines)]) else 0
             for actor, (rows, _) in zip(engines, loads):
