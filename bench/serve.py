@@ -41,17 +41,19 @@ KEY = "bench-key"
 async def load(base_url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> dict[str, float]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=600)
     latencies: list[float] = []
-    failures = 0
+    failures = tokens = 0
     queue = list(range(requests))
 
     async def worker() -> None:
-        nonlocal failures
+        nonlocal failures, tokens
         while queue:
             i = queue.pop()
             started = time.perf_counter()
             try:
-                await client.chat.completions.create(model=model, max_tokens=max_tokens, temperature=0,
-                                                     messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+                reply = await client.chat.completions.create(
+                    model=model, max_tokens=max_tokens, temperature=0,
+                    messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+                tokens += reply.usage.completion_tokens
                 latencies.append(time.perf_counter() - started)
             except Exception:
                 failures += 1
@@ -60,7 +62,7 @@ async def load(base_url: str, model: str, requests: int, concurrency: int, max_t
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
     return {"rps": len(latencies) / seconds, "p50": float(np.percentile(latencies, 50)),
-            "p95": float(np.percentile(latencies, 95)), "failures": failures}
+            "p95": float(np.percentile(latencies, 95)), "failures": failures, "tokens": tokens}
 
 
 def bench_raysynth(model_dir: str, args) -> dict[str, float]:
