@@ -134,7 +134,8 @@ def main() -> None:
         r = runs[side]
         lines.append(f"  {label:20s}: {spread([x['rps'] for x in r], '{:.2f}')} req/s  p50 "
                      f"{spread([x['p50'] for x in r], '{:.2f}')} s  p95 {spread([x['p95'] for x in r], '{:.2f}')} s  "
-                     f"failures {sum(x['failures'] for x in r)}")
+                     f"failures {sum(x['failures'] for x in r)}  completion tokens per run "
+                     f"{sorted({x['tokens'] for x in r})}")
     ours, theirs = median["raysynth"], median["vllm"]
     lines.append(f"  ratio of medians raysynth/vLLM: req/s {ours['rps'] / theirs['rps']:.3f}  p50 "
                  f"{ours['p50'] / theirs['p50']:.3f}  p95 {ours['p95'] / theirs['p95']:.3f}  "
